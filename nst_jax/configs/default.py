@@ -1,0 +1,44 @@
+"""Default settings for one style-transfer run.
+
+    nst-jax --content photo.jpg --style painting.jpg --output out.png
+
+Every field can be overridden from the command line (`--steps 1000`) or in code
+(`config = get_config(); config.steps = 1000`).
+"""
+
+import ml_collections
+
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYERS = ("relu4_2",)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Output size: the longest side in pixels (the content image is resized to it).
+  config.max_size = 512
+  config.steps = 500
+  # Optimizer: adam | adagrad | rmsprop | sgd | lbfgs. lr None = the optimizer's default (adam 0.02 as in
+  # the report's Table 1; lbfgs 1.0 with a zoom line search; sgd 1e-9: plain SGD steps scale with the
+  # loss, which is large (about 1e10 at the start), so tune it with --lr).
+  config.optimizer = "adam"
+  config.lr = ml_collections.FieldReference(None, field_type=float)
+  config.adam_b1 = 0.99
+  config.adam_eps = 0.1
+  config.sgd_momentum = 0.0
+  config.lbfgs_memory = 10
+  # Loss = content_weight * content + style_weight * style + tv_weight * tv (Gatys et al. 2016).
+  config.content_weight = 1.0
+  config.style_weight = 1e4
+  config.tv_weight = 1e-3
+  config.tv_kind = "l2"
+  config.content_layers = CONTENT_LAYERS
+  config.style_layers = STYLE_LAYERS
+  # Per style layer weights w_l; None = equal weights 1/L.
+  config.style_layer_weights = ml_collections.FieldReference(None, field_type=tuple)
+  config.pooling = "max"
+  config.remat = False
+  # Starting image: content | noise | style.
+  config.init = "content"
+  config.seed = 0
+  config.log_every = 10
+  return config

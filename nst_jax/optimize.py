@@ -1,0 +1,327 @@
+"""The optimisation engine: targets, state, optax optimizers, one jit-compiled step and the run loop.
+
+Data flow: content/style images -> `make_targets` (VGG features, Gram matrices, loss weights) ->
+`step(state, targets, weights)` repeated -> image. `step` is a pure function; `Stylizer` applies
+`jax.jit` once (one compilation per image shape) and `jax.vmap` for batches of pairs. The VGG weights stay
+outside the state and are passed, not closed over, so they are not baked into the compiled program.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from nst_jax import image_io, losses, vgg
+from nst_jax.errors import NstJaxError
+
+PyTree = Any
+OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd", "lbfgs")
+INIT_KINDS = ("content", "noise", "style")
+DEFAULT_LR = {"adam": 0.02, "adagrad": 0.05, "rmsprop": 0.005, "sgd": 1e-9, "lbfgs": 1.0}
+METRIC_NAMES = ("total", "content", "style", "tv")
+
+
+@struct.dataclass
+class LossSpec:
+  """The static (compile-time) part of the loss: which layers, how weighted, which pooling and TV."""
+  content_layers: tuple[str, ...] = struct.field(pytree_node=False)
+  style_layer_weights: tuple[tuple[str, float], ...] = struct.field(pytree_node=False)
+  tv_kind: str = struct.field(pytree_node=False, default="l2")
+  pooling: str = struct.field(pytree_node=False, default="max")
+  remat: bool = struct.field(pytree_node=False, default=False)
+
+  @property
+  def style_layers(self) -> tuple[str, ...]:
+    return tuple(name for name, _ in self.style_layer_weights)
+
+  @property
+  def all_layers(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+
+@struct.dataclass
+class Targets:
+  """What one picture is optimised towards; every leaf can carry a leading batch axis for `vmap`.
+
+  Attributes:
+    content_features: `{layer: [h, w, C]}` of the content image.
+    style_grams: `{layer: [C, C]}` style Gram matrices, rescaled to the output's number of positions.
+    content_weight, style_weight, tv_weight: scalars alpha, beta, theta (per item, so sweeps batch).
+  """
+  content_features: dict
+  style_grams: dict
+  content_weight: jax.Array
+  style_weight: jax.Array
+  tv_weight: jax.Array
+
+
+@struct.dataclass
+class StylizeState:
+  """Everything that changes during a run (checkpointed as a whole)."""
+  image: jax.Array  # [H, W, 3] in [0, 1]
+  opt_state: PyTree
+  step: jax.Array  # int32 scalar
+
+
+def _positive(value: float, name: str, *, allow_zero: bool = True) -> float:
+  value = float(value)
+  if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    raise NstJaxError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+  return value
+
+
+def loss_spec_from_config(config: ml_collections.ConfigDict) -> LossSpec:
+  """Validates the loss settings of `config` and returns the static `LossSpec`."""
+  try:
+    content_layers = vgg.validate_layers(config.content_layers)
+    style_layers = vgg.validate_layers(config.style_layers)
+  except ValueError as e:
+    raise NstJaxError(str(e)) from None
+  layer_weights = config.style_layer_weights
+  if layer_weights is None or len(layer_weights) == 0:
+    layer_weights = (1.0 / len(style_layers),) * len(style_layers)
+  if len(layer_weights) != len(style_layers):
+    raise NstJaxError(f"{len(layer_weights)} style layer weights for {len(style_layers)} style layers")
+  layer_weights = tuple(_positive(w, "style layer weight") for w in layer_weights)
+  if config.tv_kind not in losses.TV_KINDS:
+    raise NstJaxError(f"unknown tv_kind {config.tv_kind!r}; expected one of {losses.TV_KINDS}")
+  if config.pooling not in vgg.POOLING_KINDS:
+    raise NstJaxError(f"unknown pooling {config.pooling!r}; expected one of {vgg.POOLING_KINDS}")
+  return LossSpec(content_layers=content_layers, style_layer_weights=tuple(zip(style_layers, layer_weights)),
+                  tv_kind=config.tv_kind, pooling=config.pooling, remat=bool(config.get("remat", False)))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises NstJaxError naming the first bad setting."""
+  loss_spec_from_config(config)
+  for name in ("content_weight", "style_weight", "tv_weight"):
+    _positive(config[name], name)
+  if config.optimizer not in OPTIMIZERS:
+    raise NstJaxError(f"unknown optimizer {config.optimizer!r}; expected one of {OPTIMIZERS}")
+  if config.lr is not None:
+    _positive(config.lr, "lr", allow_zero=False)
+  if config.init not in INIT_KINDS:
+    raise NstJaxError(f"unknown init {config.init!r}; expected one of {INIT_KINDS}")
+  if int(config.steps) < 0:
+    raise NstJaxError(f"steps must be >= 0, got {config.steps}")
+  image_io.check_size(int(config.max_size), "max_size")
+
+
+# ---- features and targets ----------------------------------------------------------------------------------
+
+_features = jax.jit(vgg.extract_features, static_argnames=("layers", "pooling", "remat"))
+
+
+def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.ArrayLike,
+                 styles: Sequence[jax.typing.ArrayLike], *, content_weight: float, style_weight: float,
+                 tv_weight: float, style_blend_weights: Sequence[float] | None = None) -> Targets:
+  """Content features and (blended) style Gram matrices for an output the size of `content`.
+
+  A style image of another size than the output gives a Gram matrix summed over a different number of
+  positions; each is divided by its own M and multiplied by the output's M, so the style target does not
+  depend on the style image's resolution. Several styles are blended with `style_blend_weights`
+  (normalised to sum to 1; equal by default).
+  """
+  content = jnp.asarray(content, jnp.float32)
+  content_features = _features(weights, content, layers=spec.all_layers, pooling=spec.pooling)
+  blend = np.ones(len(styles)) if style_blend_weights is None else np.asarray(style_blend_weights, np.float64)
+  if len(blend) != len(styles) or np.any(blend < 0) or blend.sum() <= 0:
+    raise NstJaxError(f"style blend weights {list(blend)} do not fit {len(styles)} style image(s)")
+  blend = blend / blend.sum()
+  grams = {}
+  for style, share in zip(styles, blend):
+    style_features = _features(weights, jnp.asarray(style, jnp.float32), layers=spec.style_layers,
+                               pooling=spec.pooling)
+    for name in spec.style_layers:
+      f = style_features[name]
+      out_positions = content_features[name].shape[0] * content_features[name].shape[1]
+      gram = losses.gram_matrix(f) * (out_positions / (f.shape[0] * f.shape[1]))
+      grams[name] = grams.get(name, 0.0) + float(share) * gram
+  return Targets(
+      content_features={name: content_features[name] for name in spec.content_layers},
+      style_grams=grams,
+      content_weight=jnp.float32(content_weight),
+      style_weight=jnp.float32(style_weight),
+      tv_weight=jnp.float32(tv_weight))
+
+
+def targets_from_config(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, content, styles,
+                        style_blend_weights=None) -> Targets:
+  return make_targets(weights, loss_spec_from_config(config), content, styles,
+                      content_weight=config.content_weight, style_weight=config.style_weight,
+                      tv_weight=config.tv_weight, style_blend_weights=style_blend_weights)
+
+
+# ---- loss, optimizer, step ---------------------------------------------------------------------------------
+
+
+def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
+  """`loss_fn(image [H, W, 3], targets, weights) -> (total, {'total', 'content', 'style', 'tv'})`."""
+
+  def loss_fn(image, targets: Targets, weights: vgg.VGGWeights):
+    features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat)
+    content = sum(losses.content_loss(features=features[name], target=targets.content_features[name])
+                  for name in spec.content_layers)
+    style = losses.style_loss(features=features, target_grams=targets.style_grams,
+                              layer_weights=dict(spec.style_layer_weights))
+    tv = losses.total_variation_loss(image, kind=spec.tv_kind)
+    total = losses.total_loss(content=content, style=style, tv=tv, content_weight=targets.content_weight,
+                              style_weight=targets.style_weight, tv_weight=targets.tv_weight)
+    return total, {"total": total, "content": content, "style": style, "tv": tv}
+
+  return loss_fn
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optax transformation named by `config.optimizer` (lr None = that optimizer's default)."""
+  name = config.optimizer
+  lr = DEFAULT_LR[name] if config.lr is None else float(config.lr)
+  if name == "adam":
+    return optax.adam(lr, b1=config.adam_b1, eps=config.adam_eps)
+  if name == "adagrad":
+    return optax.adagrad(lr)
+  if name == "rmsprop":
+    return optax.rmsprop(lr)
+  if name == "sgd":
+    return optax.sgd(lr, momentum=config.sgd_momentum or None)
+  if name == "lbfgs":
+    return optax.lbfgs(learning_rate=None if lr == 1.0 else lr, memory_size=int(config.lbfgs_memory),
+                       linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one"))
+  raise NstJaxError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+
+
+def uses_linesearch(config: ml_collections.ConfigDict) -> bool:
+  return config.optimizer == "lbfgs"
+
+
+def make_step(spec: LossSpec, optimizer: optax.GradientTransformation, *, linesearch: bool):
+  """`step(state, targets, weights) -> (state, total_loss)`: one optimizer update, image kept in [0, 1].
+
+  With a line search (L-BFGS) the loss and gradient at the current image come from the optimizer state
+  (`optax.value_and_grad_from_state`), so an iteration costs one gradient evaluation when the first trial
+  step is accepted. Clipping to [0, 1] after the update leaves that cache describing the unclipped point;
+  the difference is confined to saturated pixels and is corrected by the next line search.
+  """
+  loss_fn = make_loss_fn(spec)
+
+  def step(state: StylizeState, targets: Targets, weights: vgg.VGGWeights):
+    value_fn = lambda image: loss_fn(image, targets, weights)[0]
+    if linesearch:
+      value, grad = optax.value_and_grad_from_state(value_fn)(state.image, state=state.opt_state)
+      updates, opt_state = optimizer.update(grad, state.opt_state, state.image, value=value, grad=grad,
+                                            value_fn=value_fn)
+    else:
+      value, grad = jax.value_and_grad(value_fn)(state.image)
+      updates, opt_state = optimizer.update(grad, state.opt_state, state.image)
+    image = jnp.clip(optax.apply_updates(state.image, updates), 0.0, 1.0)
+    return StylizeState(image=image, opt_state=opt_state, step=state.step + 1), value
+
+  return step
+
+
+def init_image(kind: str, content: np.ndarray, style: np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
+  """The starting image `[H, W, 3]`: the content photo, uniform noise, or the style resized to the output."""
+  if kind == "content":
+    return np.asarray(content, np.float32)
+  if kind == "noise":
+    return np.random.default_rng(seed).uniform(0.0, 1.0, np.shape(content)).astype(np.float32)
+  if kind == "style":
+    if style is None:
+      raise NstJaxError("init 'style' needs a style image")
+    return image_io.resize(np.asarray(style, np.float32), np.shape(content)[:2])
+  raise NstJaxError(f"unknown init {kind!r}; expected one of {INIT_KINDS}")
+
+
+def init_state(image: jax.typing.ArrayLike, optimizer: optax.GradientTransformation) -> StylizeState:
+  image = jnp.asarray(image, jnp.float32)
+  return StylizeState(image=image, opt_state=optimizer.init(image), step=jnp.int32(0))
+
+
+# ---- compiled engine and run loop --------------------------------------------------------------------------
+
+# A callback sees every step: `fn(step, state, metrics)`; metrics is None except at logging steps.
+Callback = Callable[[int, StylizeState, "dict | None"], None]
+
+
+class Stylizer:
+  """Compiled step and evaluation for one config: `jax.jit` once, one compilation per image shape.
+
+  With `batched=True` every function takes a leading batch axis on the state and targets (one item per
+  content/style pair or weight setting) and the weights are broadcast (`vmap` with `in_axes=None`).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, batched: bool = False):
+    validate_config(config)
+    self.config = config
+    self.spec = loss_spec_from_config(config)
+    self.optimizer = make_optimizer(config)
+    self.linesearch = uses_linesearch(config)
+    step = make_step(self.spec, self.optimizer, linesearch=self.linesearch)
+    loss_fn = make_loss_fn(self.spec)
+    evaluate = lambda image, targets, weights: loss_fn(image, targets, weights)[1]
+    init = lambda image: init_state(image, self.optimizer)
+    if batched:
+      step = jax.vmap(step, in_axes=(0, 0, None))
+      evaluate = jax.vmap(evaluate, in_axes=(0, 0, None))
+      init = jax.vmap(init)
+    # optax's L-BFGS state cannot be donated (it aliases buffers); the first-order states can.
+    self.step = jax.jit(step, donate_argnums=() if self.linesearch else (0,))
+    self.evaluate = jax.jit(evaluate)
+    self.init_state = jax.jit(init)
+
+  def run(self, state: StylizeState, targets: Targets, weights: vgg.VGGWeights, num_steps: int, *,
+          log_every: int | None = None, callbacks: Iterable[Callback] = ()) -> StylizeState:
+    """Runs steps until `state.step == num_steps` (so a restored state continues where it stopped).
+
+    Every `log_every` steps, and at the last step, the losses of the current image are evaluated and passed
+    to the callbacks with `seconds` (wall time since this call) and `steps_per_second`.
+    """
+    log_every = log_every or self.config.log_every
+    callbacks = list(callbacks)
+    start = int(np.max(jax.device_get(state.step)))
+    begin = last_time = time.perf_counter()
+    last_step = start
+    for step in range(start + 1, num_steps + 1):
+      state, _ = self.step(state, targets, weights)
+      metrics = None
+      if step % log_every == 0 or step == num_steps:
+        metrics = jax.device_get(self.evaluate(state.image, targets, weights))
+        now = time.perf_counter()
+        metrics = {k: np.asarray(v).tolist() for k, v in metrics.items()}
+        metrics["seconds"] = now - begin
+        metrics["steps_per_second"] = (step - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, step
+      for callback in callbacks:
+        callback(step, state, metrics)
+    return state
+
+
+def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
+            config: ml_collections.ConfigDict | None = None, *, weights: vgg.VGGWeights | None = None,
+            style_blend_weights: Sequence[float] | None = None,
+            callbacks: Iterable[Callback] = ()) -> np.ndarray:
+  """Stylises `content` with `style`: float32 `[H, W, 3]` arrays in [0, 1] -> image of the content's size.
+
+  Args:
+    content: the photo, already at the output size (see `image_io.load_image`).
+    style: one painting, or a list of paintings blended with `style_blend_weights`.
+    config: settings (`nst_jax.configs.default.get_config()` when None).
+    weights: VGG19 weights (`nst_jax.weights.load_vgg19()` when None: cached, or downloaded once).
+  """
+  from nst_jax import weights as weights_lib
+  from nst_jax.configs import default
+  config = config or default.get_config()
+  weights = weights or weights_lib.load_vgg19(None)
+  styles = [style] if isinstance(style, np.ndarray) and style.ndim == 3 else list(style)
+  stylizer = Stylizer(config)
+  targets = targets_from_config(weights, config, content, styles, style_blend_weights)
+  state = stylizer.init_state(init_image(config.init, content, styles[0], seed=config.seed))
+  state = stylizer.run(state, targets, weights, int(config.steps), callbacks=callbacks)
+  return np.asarray(jax.device_get(state.image))

@@ -120,9 +120,39 @@ def _conv3x3_bwd(residuals, grad_out):
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 stride-2 max pooling of `[B, H, W, C]` (odd trailing rows/columns dropped, as 'VALID').
+
+  Same values and gradients as `nn.max_pool` (the gradient goes to the first maximum of each window), but
+  the backward pass is a one-hot scatter instead of XLA's select-and-scatter, about 10x faster on XLA:CPU.
+  """
+  b, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool_fwd(x):
+  return max_pool_2x2(x), x
+
+
+def _max_pool_bwd(x, grad_out):
+  b, h, w, c = x.shape
+  h2, w2 = h // 2, w // 2
+  windows = x[:, : h2 * 2, : w2 * 2].reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+  windows = windows.reshape(b, h2, w2, c, 4)  # [B, h, w, C, 4]
+  first_max = jax.nn.one_hot(jnp.argmax(windows, axis=-1), 4, dtype=grad_out.dtype)
+  grad_x = (first_max * grad_out[..., None]).reshape(b, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+  grad_x = grad_x.reshape(b, h2 * 2, w2 * 2, c)
+  return (jnp.pad(grad_x, ((0, 0), (0, h - h2 * 2), (0, w - w2 * 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 def _pool(x: jax.Array, kind: str) -> jax.Array:
   if kind == "max":
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return max_pool_2x2(x)
   if kind == "avg":
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
   raise ValueError(f"unknown pooling {kind!r}; expected one of {POOLING_KINDS}")

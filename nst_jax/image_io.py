@@ -42,13 +42,29 @@ def _to_rgb_float(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
+# Example images shipped inside scikit-image's wheel, usable offline as `skimage:NAME`.
+SKIMAGE_EXAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                    "retina", "camera", "cat")
+
+
+def _skimage_example(name: str) -> np.ndarray:
+  if name not in SKIMAGE_EXAMPLES:
+    raise NstJaxError(f"unknown example image skimage:{name}; choose from {', '.join(SKIMAGE_EXAMPLES)}")
+  from skimage import data
+  return _to_rgb_float(Image.fromarray(np.asarray(getattr(data, name)())))
+
+
 def open_image(source, *, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
   """Decodes an image file (path or file object) into float32 `[H, W, 3]` RGB in [0, 1].
+
+  `skimage:NAME` (e.g. `skimage:chelsea`) loads an example image that ships with scikit-image.
 
   Raises:
     NstJaxError: missing file, not an image, truncated or corrupt data, zero size, or more than
       `max_pixels` decoded pixels.
   """
+  if isinstance(source, str) and source.startswith("skimage:"):
+    return _skimage_example(source.split(":", 1)[1])
   name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "upload")
   if isinstance(source, (str, os.PathLike)):
     if not os.path.exists(source):

@@ -21,8 +21,10 @@ from nst_jax.errors import NstJaxError
 _DEFAULTS = default.get_config()
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("content", None, "Content photo (any format Pillow reads).")
-flags.DEFINE_multi_string("style", None, "Style painting. Repeat the flag to blend several styles.")
+flags.DEFINE_string("content", None, "Content photo (any format Pillow reads), or skimage:NAME for an example "
+                    "image shipped with scikit-image (e.g. skimage:chelsea).")
+flags.DEFINE_multi_string("style", None, "Style painting (file or skimage:NAME). Repeat the flag to blend "
+                          "several styles.")
 flags.DEFINE_string("output", None, "Output image path (.png, .jpg, ...).")
 flags.DEFINE_string("workdir", None, "Folder for metrics.jsonl (created if missing).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.")

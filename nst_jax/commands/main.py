@@ -8,6 +8,7 @@ import sys
 # Sub-command name -> module with a `run(argv)` function.
 SUBCOMMANDS = {
     "stylize": "nst_jax.commands.stylize",
+    "report": "nst_jax.commands.report",
 }
 
 
@@ -18,3 +19,7 @@ def run() -> None:
     module.run([f"{argv[0]} {argv[1]}"] + argv[2:])
   else:
     importlib.import_module(SUBCOMMANDS["stylize"]).run(argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -106,8 +106,9 @@ class Checkpoints:
           state=ocp.args.StandardRestore(abstract_tree), meta=ocp.args.JsonRestore()))
       tree, meta = restored["state"], dict(restored["meta"])
     except Exception as e:  # orbax/tensorstore raise many types for damaged files.
-      raise NstJaxError(f"checkpoint {step} in {self.directory} cannot be read: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+      reason = (str(e).splitlines() or [""])[0].split(" [tensorstore_spec")[0][:300]
+      raise NstJaxError(f"checkpoint {step} in {self.directory} cannot be read ({type(e).__name__}: "
+                        f"{reason})") from e
     if meta.get("digest") != tree_digest(tree):
       raise NstJaxError(f"checkpoint {step} in {self.directory} does not match its digest (damaged files)")
     return tree, meta

@@ -110,7 +110,7 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
                    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, overwrite: bool = False,
                    handle_signals: bool = True, report: bool = True, async_save: bool = True,
                    callbacks: Iterable[optimize.Callback] = (),
-                   on_start: Callable[[int], None] | None = None,
+                   on_start: Callable[[int], Iterable[optimize.Callback] | None] | None = None,
                    log: Callable[[str], None] = print) -> np.ndarray:
   """Stylises `content` with `styles` in run directory `workdir`, resuming from its latest checkpoint.
 
@@ -125,7 +125,8 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
     overwrite: discard an incompatible run already in `workdir` instead of raising.
     handle_signals: on SIGINT/SIGTERM save a checkpoint and raise `RunInterrupted` (main thread only).
     callbacks: extra run-loop callbacks `fn(step, state, metrics_or_None)`.
-    on_start: called with the step the run starts from (0, or the restored step) before the first step.
+    on_start: called with the step the run starts from (0, or the restored step) before the first step;
+      it may return more callbacks (e.g. a progress bar that starts at that step).
 
   Returns:
     The final image, float32 `[H, W, 3]`.
@@ -195,8 +196,9 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
     if start > num_steps:
       raise NstJaxError(f"{run_dir.path} is already at step {start}, past --steps {num_steps}; raise --steps "
                         f"(or use another --workdir)")
+    callbacks = list(callbacks)
     if on_start is not None:
-      on_start(start)
+      callbacks += list(on_start(start) or ())
 
     begin = time.perf_counter()
     last = {"state": state, "step": start, "saved": start if found is not None else None}
@@ -223,7 +225,7 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
         save(step, state)
 
     def check_signal(step, state, metrics):
-      if caught_signals:
+      if caught_signals and step < num_steps:  # At the last step, finishing is quicker than stopping.
         raise _Stop()
 
     # Order matters: a checkpoint at step s follows the metrics of step s, so a resume never loses them.

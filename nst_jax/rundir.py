@@ -20,7 +20,7 @@ import math
 import os
 import re
 import shutil
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

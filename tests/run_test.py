@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from nst_jax import checkpoint, image_io, optimize, rundir, run, vgg
+from nst_jax import checkpoint, image_io, rundir, run, vgg
 from nst_jax.commands import report
 from nst_jax.configs import default
 from nst_jax.errors import NstJaxError

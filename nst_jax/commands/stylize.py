@@ -168,18 +168,17 @@ def main_workdir(config):
             "output": output, "weights_flag": FLAGS.weights}
   bar = None
 
-  def on_start(start):
+  def on_start(start):  # The progress bar starts at the restored step.
     nonlocal bar
     progress, bar = common.progress_callback(config.steps, start, disable=not FLAGS.progress)
-    callbacks.append(progress)
+    return [progress]
 
-  callbacks = []
   begin = time.perf_counter()
   try:
     image = run_lib.run_in_workdir(
         config, FLAGS.workdir, content, styles, weights, inputs=inputs, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, snapshot_every=FLAGS.snapshot_every, overwrite=FLAGS.overwrite,
-        callbacks=callbacks, on_start=on_start, log=lambda line: print(line, file=sys.stderr))
+        on_start=on_start, log=lambda line: print(line, file=sys.stderr))
   except run_lib.RunInterrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)

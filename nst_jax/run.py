@@ -108,7 +108,7 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
                    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
                    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, overwrite: bool = False,
-                   handle_signals: bool = True, report: bool = True, async_save: bool = True,
+                   handle_signals: bool = True, report: bool = True, async_save: bool = False,
                    callbacks: Iterable[optimize.Callback] = (),
                    on_start: Callable[[int], Iterable[optimize.Callback] | None] | None = None,
                    log: Callable[[str], None] = print) -> np.ndarray:
@@ -124,6 +124,9 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
       except the final checkpoint and snapshot, which are always written).
     overwrite: discard an incompatible run already in `workdir` instead of raising.
     handle_signals: on SIGINT/SIGTERM save a checkpoint and raise `RunInterrupted` (main thread only).
+    async_save: let the run continue while a checkpoint is written. Off (the default), the loop waits
+      until each checkpoint is committed, so a `kill -9` loses at most `checkpoint_every` steps; on, it
+      can lose the steps run during one write as well (cheaper when steps are very fast, e.g. on a GPU).
     callbacks: extra run-loop callbacks `fn(step, state, metrics_or_None)`.
     on_start: called with the step the run starts from (0, or the restored step) before the first step;
       it may return more callbacks (e.g. a progress bar that starts at that step).
@@ -170,8 +173,7 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
   abstract = {"state": jax.eval_shape(stylizer.init_state, initial_image),
               "seed": jax.ShapeDtypeStruct((), np.int32)}
 
-  with checkpoint.Checkpoints(run_dir.checkpoints, max_to_keep=keep_checkpoints,
-                              async_save=async_save) as ckpt:
+  with checkpoint.Checkpoints(run_dir.checkpoints, max_to_keep=keep_checkpoints) as ckpt:
     with warnings.catch_warnings(record=True) as caught_warnings:
       warnings.simplefilter("always", checkpoint.CheckpointWarning)
       found = ckpt.restore_latest(abstract)
@@ -208,6 +210,8 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
               "seed": int(config.seed)}
       if ckpt.save(step, {"state": state, "seed": np.int32(config.seed)}, meta):
         last["saved"] = step
+        if not async_save:
+          ckpt.wait_until_finished()
 
     def write_metrics(step, state, metrics):
       if metrics is not None:

@@ -65,16 +65,19 @@ def signal_at(step, signum):
   return callback
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, images, weights, optimizer):
+# adam's step donates its input state: the async variant checks that saves copy the arrays first.
+@pytest.mark.parametrize("optimizer, async_save", [("adam", False), ("adam", True), ("lbfgs", False)])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, images, weights, optimizer, async_save):
   config = small_config(optimizer, steps=6)
   full = run_dir(tmp_path, "full", config, images, weights)
   # A real SIGTERM at step 3 (between checkpoints at 2 and 4): checkpoint at 3, RunInterrupted(143).
   with pytest.raises(run.RunInterrupted) as info:
-    run_dir(tmp_path, "resumed", config, images, weights, callbacks=[signal_at(3, signal.SIGTERM)])
+    run_dir(tmp_path, "resumed", config, images, weights, callbacks=[signal_at(3, signal.SIGTERM)],
+            async_save=async_save)
   assert info.value.exit_code == 143 and info.value.step == 3
   starts = []
-  resumed = run_dir(tmp_path, "resumed", config, images, weights, on_start=starts.append)
+  resumed = run_dir(tmp_path, "resumed", config, images, weights, on_start=starts.append,
+                    async_save=async_save)
   assert starts == [3]
   assert np.max(np.abs(resumed - full)) <= 1e-6
   assert np.max(np.abs(resumed - images[0])) > 1e-3  # The run did change the image.
@@ -103,6 +106,7 @@ def test_extending_a_finished_run_equals_one_long_run(tmp_path, images, weights)
 
 def test_sigint_saves_and_exits_130_and_metrics_after_the_checkpoint_are_dropped(tmp_path, images, weights):
   config = small_config("adam", steps=5)
+  handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
   with pytest.raises(run.RunInterrupted) as info:
     run_dir(tmp_path, "w", config, images, weights, checkpoint_every=100,
             callbacks=[signal_at(2, signal.SIGINT)])
@@ -115,7 +119,7 @@ def test_sigint_saves_and_exits_130_and_metrics_after_the_checkpoint_are_dropped
     f.write(json.dumps({"step": 3, "total": 1.0}) + "\n" + '{"step": 4, "tot')
   run_dir(tmp_path, "w", config, images, weights)
   assert [r["step"] for r in rundir.read_metrics(str(workdir / rundir.METRICS))] == [1, 2, 3, 4, 5]
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Handlers restored.
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # Restored.
 
 
 def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, images, weights):

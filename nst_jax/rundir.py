@@ -45,13 +45,13 @@ class RunDir:
 
   def __init__(self, path: str):
     self.path = os.path.abspath(os.fspath(path))
-
-  def __getattr__(self, name):
-    files = {"config": CONFIG, "metrics": METRICS, "checkpoints": CHECKPOINTS, "snapshots": SNAPSHOTS,
-             "final": FINAL, "progress": PROGRESS, "losses": LOSSES}
-    if name in files:
-      return os.path.join(self.path, files[name])
-    raise AttributeError(name)
+    self.config = os.path.join(self.path, CONFIG)
+    self.metrics = os.path.join(self.path, METRICS)
+    self.checkpoints = os.path.join(self.path, CHECKPOINTS)
+    self.snapshots = os.path.join(self.path, SNAPSHOTS)
+    self.final = os.path.join(self.path, FINAL)
+    self.progress = os.path.join(self.path, PROGRESS)
+    self.losses = os.path.join(self.path, LOSSES)
 
   def snapshot(self, step: int) -> str:
     return os.path.join(self.snapshots, f"step_{int(step):06d}.png")

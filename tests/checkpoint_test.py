@@ -142,3 +142,19 @@ def test_digest_depends_on_values_shapes_and_dtypes():
   assert base != checkpoint.tree_digest(_tree(2.0))
   assert checkpoint.tree_digest({"a": np.zeros(4, np.float32)}) != checkpoint.tree_digest({"a": np.zeros(4, np.int32)})
   assert checkpoint.tree_digest({"a": np.zeros((2, 2))}) != checkpoint.tree_digest({"a": np.zeros(4)})
+
+
+def test_a_save_cut_off_half_way_is_ignored(tmp_path):
+  """orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames when done: a kill -9 leaves only that."""
+  import shutil
+  path = str(tmp_path / "ck")
+  _save_steps(path, steps=(1,))
+  partial = os.path.join(path, "2.orbax-checkpoint-tmp-1234")
+  shutil.copytree(os.path.join(path, "1"), partial)
+  os.remove(os.path.join(partial, "state", "_METADATA"))
+  with checkpoint.Checkpoints(path) as ckpt:
+    assert ckpt.all_steps() == [1]
+    step, restored, _ = ckpt.restore_latest(_abstract())
+    assert step == 1
+    assert ckpt.save(2, _tree(2.0))
+    assert ckpt.all_steps() == [1, 2]

@@ -187,32 +187,3 @@ def test_run_folder_files_and_report(tmp_path, images, weights):
     img.load()
     assert img.size == (rundir.LOSS_FIGSIZE[0] * rundir.LOSS_DPI, rundir.LOSS_FIGSIZE[1] * rundir.LOSS_DPI)
     assert np.asarray(img.convert("L")).std() > 10  # Something is drawn.
-
-
-def test_report_of_a_folder_without_a_run_is_an_error(tmp_path):
-  with pytest.raises(NstJaxError, match="no snapshots and no metrics"):
-    rundir.write_report(str(tmp_path))
-  with pytest.raises(NstJaxError, match="not found"):
-    rundir.write_report(str(tmp_path / "missing"))
-
-
-def test_truncate_metrics_keeps_first_records_up_to_step(tmp_path):
-  path = str(tmp_path / "m.jsonl")
-  with open(path, "w") as f:
-    for step in (1, 2, 2, 3, 4):
-      f.write(json.dumps({"step": step, "total": float(step)}) + "\n")
-    f.write("not json\n")
-  kept = rundir.truncate_metrics(path, 3)
-  assert [r["step"] for r in kept] == [1, 2, 3]
-  assert [r["step"] for r in rundir.read_metrics(path)] == [1, 2, 3]
-
-
-def test_progress_grid_picks_first_and_last_when_there_are_many(tmp_path):
-  snapshots = []
-  for step in range(0, 50):
-    path = str(tmp_path / f"step_{step:06d}.png")
-    image_io.save_image(path, np.full((10, 20, 3), step / 50, np.float32))
-    snapshots.append((step, path))
-  size = rundir.progress_grid(snapshots, str(tmp_path / "grid.png"), max_tiles=9)
-  assert size == rundir.grid_layout(9, (20, 10))[2:]
-  assert rundir.list_snapshots(str(tmp_path))[-1][0] == 49

@@ -9,6 +9,7 @@ import sys
 SUBCOMMANDS = {
     "stylize": "nst_jax.commands.stylize",
     "convert_weights": "nst_jax.commands.convert_weights",
+    "report": "nst_jax.commands.report",
 }
 
 
@@ -19,3 +20,7 @@ def run() -> None:
     module.run([f"{argv[0]} {argv[1]}"] + argv[2:])
   else:
     importlib.import_module(SUBCOMMANDS["stylize"]).run(argv)
+
+
+if __name__ == "__main__":
+  run()

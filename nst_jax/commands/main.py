@@ -8,6 +8,7 @@ import sys
 # Sub-command name -> module with a `run(argv)` function.
 SUBCOMMANDS = {
     "stylize": "nst_jax.commands.stylize",
+    "serve": "nst_jax.commands.serve",
 }
 
 

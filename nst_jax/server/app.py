@@ -73,6 +73,7 @@ class JobView(BaseModel):
   options: dict
   error: str | None
   batch_size: int
+  checkpoint_step: int
   resumed_from: int
   queue_position: int | None
   eta_seconds: float | None
@@ -245,7 +246,8 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
         id=job["id"], status=job["status"], label=job["label"], created=job["created"], started=job["started"],
         finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
         height=job["height"], options=job["options"], error=job["error"], batch_size=job["batch_size"],
-        resumed_from=job["resumed_from"], queue_position=store.queue_position(job), eta_seconds=eta,
+        checkpoint_step=job["checkpoint_step"], resumed_from=job["resumed_from"],
+        queue_position=store.queue_position(job), eta_seconds=eta,
         steps_per_second=job["steps_per_second"], preview_version=job["preview_version"],
         preview_url=f"{base}/preview?v={job['preview_version']}" if job["preview_version"] else None,
         result_url=f"{base}/result" if job["status"] == "done" else None,

@@ -104,13 +104,16 @@ def test_other_browser_gets_404(client):
   wait_for(lambda: api_client.get(f"/api/jobs/{mine['id']}").json())
 
 
-def test_job_ids_unguessable_and_not_paths(client):
+def test_job_ids_unguessable_and_not_paths(idle_app):
+  client = TestClient(idle_app)
   ids = {client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 1}).json()["id"] for _ in range(3)}
   assert len(ids) == 3 and all(len(i) >= 26 for i in ids)
-  for bad in ("..%2F..%2Fjobs.sqlite3", "..", "abc", "%2Fetc%2Fpasswd"):
+  for bad in ("..%2F..%2Fjobs.sqlite3", "..", "abc", "%2Fetc%2Fpasswd", "..%2F" + next(iter(ids))):
+    assert client.get(f"/api/jobs/{bad}").status_code == 404
     assert client.get(f"/api/jobs/{bad}/result").status_code == 404
-  for job_id in ids:
-    wait_for(_get(client, job_id))
+  # Uploaded names are never paths: the job folder holds only fixed names.
+  folder = idle_app.state.store.job_dir(next(iter(ids)))
+  assert sorted(os.listdir(folder)) == ["content.png", "style.png"]
 
 
 def test_cancel_queued_running_and_batched(client):
@@ -240,9 +243,10 @@ def test_restart_resumes_running_job(tmp_path):
   base = f"http://127.0.0.1:{port}"
   command = [sys.executable, "-m", "nst_jax.commands.serve", "--port", str(port), "--data_dir",
              str(tmp_path / "data"), "--weights", "random", "--checkpoint_every", "0.3", "--rate_limit", "0",
-             "--batch_wait", "0", "--nocompilation_cache", "--log_level", "warning"]
+             "--batch_wait", "0", "--log_level", "warning"]
+  # A private compilation cache: the restarted server reuses the first one's compiled programs.
   env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-         "JAX_PLATFORMS": "cpu"}
+         "JAX_PLATFORMS": "cpu", "NST_JAX_HOME": str(tmp_path / "home")}
 
   def start():
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

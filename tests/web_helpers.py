@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import socket
-import threading
 import time
 
 import numpy as np
@@ -28,25 +26,10 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-@contextlib.contextmanager
 def live_server(app):
   """Runs `app` with uvicorn on a free localhost port in a thread; yields the base URL."""
-  import uvicorn
-  port = free_port()
-  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                         timeout_graceful_shutdown=2))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  deadline = time.time() + 30
-  while not server.started:
-    if time.time() > deadline or not thread.is_alive():
-      raise RuntimeError("server did not start")
-    time.sleep(0.05)
-  try:
-    yield f"http://127.0.0.1:{port}"
-  finally:
-    server.should_exit = True
-    thread.join(30)
+  from nst_jax.server.app import serve_in_thread
+  return serve_in_thread(app)
 
 
 def wait_for(get_job, statuses=("done", "failed", "cancelled"), timeout: float = 150.0, condition=None) -> dict:

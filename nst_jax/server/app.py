@@ -426,3 +426,29 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
     return Response(status_code=204)
 
   return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+  """Runs `app` with uvicorn in a background thread (tests, benchmarks); yields the base URL."""
+  import socket
+
+  import uvicorn
+  if port == 0:
+    with socket.socket() as s:
+      s.bind((host, 0))
+      port = s.getsockname()[1]
+  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                         timeout_graceful_shutdown=2))
+  thread = threading.Thread(target=server.run, name="nst-jax-uvicorn", daemon=True)
+  thread.start()
+  deadline = time.time() + 30
+  while not server.started:
+    if time.time() > deadline or not thread.is_alive():
+      raise RuntimeError("server did not start")
+    time.sleep(0.05)
+  try:
+    yield f"http://{host}:{port}"
+  finally:
+    server.should_exit = True
+    thread.join(30)

@@ -150,6 +150,7 @@ function showJob(id) {
   state.losses = [];
   $("current").hidden = false;
   $("result").hidden = true;
+  $("preview").hidden = false;
   $("download-link").hidden = true;
   $("job-error").textContent = "";
   $("preview-img").removeAttribute("src");
@@ -196,6 +197,7 @@ function updateJob(job) {
     const img = $("result-img");
     if (img.dataset.src !== job.result_url) { img.dataset.src = job.result_url; img.src = job.result_url; }
     $("result").hidden = false;
+    $("preview").hidden = true;
     const link = $("download-link");
     link.href = job.download_url;
     link.hidden = false;

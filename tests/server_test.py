@@ -237,6 +237,24 @@ def test_batch_key_groups_compatible_jobs():
 
 
 @pytest.mark.slow
+def test_graceful_stop_checkpoints_and_requeues(tmp_path):
+  """Stopping the app (Ctrl-C / SIGTERM path) checkpoints the running job; the next app finishes it."""
+  make = lambda: create_app(data_dir=str(tmp_path), weights=WEIGHTS, rate_limit=0, batch_wait=0,
+                            checkpoint_every=None)  # Only the stop itself checkpoints.
+  with TestClient(make(), headers={"X-NST-Client": "graceful-stop-token-0001"}) as c:
+    job = c.post("/api/jobs", files=_files(), data={"size": 32, "steps": 25}).json()
+    wait_for(_get(c, job["id"]), condition=lambda j: j["step"] >= 2)
+  app = make()
+  stopped = app.state.store.get(job["id"])
+  assert stopped["status"] == "queued" and 2 <= stopped["checkpoint_step"] < 25
+  assert os.path.exists(app.state.store.checkpoint_path(job["id"], stopped["checkpoint_step"]))
+  with TestClient(app, headers={"X-NST-Client": "graceful-stop-token-0001"}) as c:
+    done = wait_for(_get(c, job["id"]))
+  assert done["status"] == "done" and done["resumed_from"] == stopped["checkpoint_step"]
+  assert not [n for n in os.listdir(app.state.store.job_dir(job["id"])) if n.startswith("checkpoint")]
+
+
+@pytest.mark.slow
 def test_restart_resumes_running_job(tmp_path):
   """Submit, kill the server (SIGKILL) after a checkpoint, start it again: the job finishes from there."""
   port = free_port()

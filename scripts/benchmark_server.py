@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import httpx
-from absl import app as absl_app, flags
+from absl import flags
 from PIL import Image
 
 from nst_jax import weights as weights_lib

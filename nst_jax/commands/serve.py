@@ -10,6 +10,7 @@ Stopping the server (Ctrl-C) checkpoints running jobs; they continue when it sta
 from __future__ import annotations
 
 import logging as py_logging
+import sys
 
 from absl import flags
 
@@ -73,6 +74,12 @@ def main(argv):
 
 
 def run(argv=None):
+  argv = list(sys.argv if argv is None else argv)
+  if any(arg in ("-h", "--help", "--helpshort", "-?") for arg in argv[1:]):
+    # Also under `nst-jax serve`, where absl's own help would describe the dispatcher instead.
+    print(__doc__)
+    print(FLAGS.module_help(sys.modules[__name__]))
+    sys.exit(0)
   common.run(main, argv)
 
 

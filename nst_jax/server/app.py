@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Literal
 
+import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -107,6 +108,9 @@ class RateLimiter:
       return None
     now = time.monotonic()
     with self._lock:
+      if len(self._hits) > 10_000:  # Forget idle clients.
+        for stale in [k for k, v in self._hits.items() if not v or now - v[-1] >= 60.0]:
+          del self._hits[stale]
       hits = self._hits[key]
       while hits and now - hits[0] >= 60.0:
         hits.popleft()
@@ -152,7 +156,7 @@ async def _send_error(send, status: int, message: str) -> None:
   await send({"type": "http.response.body", "body": body})
 
 
-def decode_upload(data: bytes, what: str, max_pixels: int) -> "np.ndarray":
+def decode_upload(data: bytes, what: str, max_pixels: int) -> np.ndarray:
   """Upload bytes -> float32 `[H, W, 3]`; `_UploadError` 413 (too many pixels) or 415 (not an image)."""
   if not data:
     raise _UploadError(415, f"{what}: the file is empty")

@@ -118,7 +118,8 @@ class Worker:
 
   def compiled_steps(self) -> int:
     """How many step programs have been compiled (one per shape and batch size)."""
-    return sum(s.step._cache_size() for s in self._stylizers.values())
+    # `_cache_size` is the jitted function's count of compiled entries (jax has had it since 0.4).
+    return sum(getattr(s.step, "_cache_size", lambda: 0)() for s in self._stylizers.values())
 
   # ---- the loop ------------------------------------------------------------------------------------------------
 

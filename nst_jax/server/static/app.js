@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = "nst-jax-jobs";
-const state = { config: null, files: { content: null, style: null }, jobId: null, source: null, losses: [] };
+const state = { config: null, files: { content: null, style: null }, jobId: null, source: null, losses: new Map() };
 
 function storedJobs() {
   try { return JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]").filter((x) => typeof x === "string"); }
@@ -147,7 +147,7 @@ async function submitJob(event) {
 function showJob(id) {
   if (state.source) state.source.close();
   state.jobId = id;
-  state.losses = [];
+  state.losses = new Map();  // step -> total loss (a reconnecting stream sends points again)
   $("current").hidden = false;
   $("result").hidden = true;
   $("preview").hidden = false;
@@ -160,7 +160,7 @@ function showJob(id) {
   source.addEventListener("progress", (e) => {
     const job = JSON.parse(e.data);
     if (job.id !== state.jobId) return;
-    job.losses.forEach((p) => state.losses.push([p.step, p.total]));
+    job.losses.forEach((p) => state.losses.set(p.step, p.total));
     updateJob(job);
     drawLosses();
   });
@@ -210,7 +210,8 @@ function drawLosses() {
   const w = canvas.width, h = canvas.height, pad = 36;
   ctx.clearRect(0, 0, w, h);
   ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, w, h);
-  const points = state.losses.filter((p) => p[1] > 0 && isFinite(p[1]));
+  const points = Array.from(state.losses.entries()).filter((p) => p[1] > 0 && isFinite(p[1]))
+    .sort((a, b) => a[0] - b[0]);
   ctx.fillStyle = "#666"; ctx.font = "12px sans-serif";
   if (points.length < 1) { ctx.fillText("waiting for the first losses...", pad, h / 2); return; }
   const maxStep = Math.max(...points.map((p) => p[0]), 1);

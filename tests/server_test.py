@@ -157,6 +157,13 @@ def test_upload_too_large_413(idle_app):
   big = os.urandom(300_000)
   r = c.post("/api/jobs", files={"content": ("a.png", big), "style": ("b.png", png_bytes(1))})
   assert r.status_code == 413 and "too large" in r.json()["detail"]
+  # Without Content-Length (chunked), the limit applies while the body streams in.
+  boundary = "nstboundary"
+  head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"a.png\"\r\n"
+          "Content-Type: image/png\r\n\r\n").encode()
+  chunks = lambda: iter([head] + [b"x" * 50_000] * 6 + [f"\r\n--{boundary}--\r\n".encode()])
+  r = c.post("/api/jobs", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+  assert r.status_code == 413 and "too large" in r.json()["detail"]
 
 
 def test_decompression_bomb_413(idle_app):

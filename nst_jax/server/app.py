@@ -134,18 +134,30 @@ class BodyLimit:
     length = headers.get(b"content-length")
     if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
       return await _send_error(send, 413, f"upload too large: the limit is {self.max_bytes / 1e6:g} MB")
-    received = 0
+    received, too_large, replaced = 0, False, False
+    message = f"upload too large: the limit is {self.max_bytes / 1e6:g} MB"
 
     async def limited_receive():
-      nonlocal received
-      message = await receive()
-      if message["type"] == "http.request":
-        received += len(message.get("body", b""))
-        if received > self.max_bytes:
-          raise HTTPException(413, f"upload too large: the limit is {self.max_bytes / 1e6:g} MB")
-      return message
+      nonlocal received, too_large
+      event = await receive()
+      if event["type"] == "http.request":
+        received += len(event.get("body", b""))
+        if received > self.max_bytes:  # A body without Content-Length (chunked) grew too large.
+          too_large = True
+          raise HTTPException(413, message)
+      return event
 
-    await self.app(scope, limited_receive, send)
+    async def checked_send(event):
+      # The form parser may turn the error above into a 400; the client gets the 413 instead.
+      nonlocal replaced
+      if too_large:
+        if not replaced:
+          replaced = True
+          await _send_error(send, 413, message)
+        return
+      await send(event)
+
+    await self.app(scope, limited_receive, checked_send)
 
 
 async def _send_error(send, status: int, message: str) -> None:

@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "stylize": "nst_jax.commands.stylize",
     "convert_weights": "nst_jax.commands.convert_weights",
     "report": "nst_jax.commands.report",
+    "serve": "nst_jax.commands.serve",
 }
 
 

@@ -1,0 +1,470 @@
+"""The FastAPI application: the page, the JSON API, the progress stream, uploads and their limits.
+
+    app = create_app(data_dir="nst-jax-data", weights=weights_lib.load_vgg19("random"))
+
+API (schema at /openapi.json, interactive docs at /docs): `POST /api/jobs` (multipart: `content`, `style`
+image files + options) -> job; `GET /api/jobs` (this browser's jobs); `GET /api/jobs/{id}`;
+`GET /api/jobs/{id}/events` (server-sent events); `GET /api/jobs/{id}/preview`, `/result`,
+`/input/{content|style}`; `POST /api/jobs/{id}/cancel`; `DELETE /api/jobs/{id}`.
+
+Each browser gets a random token in an HttpOnly, SameSite=Strict cookie (API clients may send it in the
+`X-NST-Client` header instead); jobs are stored under a hash of it and other browsers get 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel
+
+from nst_jax import __version__, image_io, optimize
+from nst_jax.errors import NstJaxError
+from nst_jax.server import presets
+from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, valid_job_id
+from nst_jax.server.worker import Worker, job_config
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+COOKIE = "nst_client"
+HEADER = "X-NST-Client"
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+DEFAULT_SIZE = 256
+DEFAULT_STEPS = 300
+# Decoded-pixel limit for uploads (decompression bombs): 40 megapixels.
+DEFAULT_MAX_PIXELS = 40_000_000
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+                               "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class JobView(BaseModel):
+  """A job as the API returns it."""
+  id: str
+  status: Literal["queued", "running", "done", "failed", "cancelled"]
+  label: str
+  created: float
+  started: float | None
+  finished: float | None
+  step: int
+  steps: int
+  width: int
+  height: int
+  options: dict
+  error: str | None
+  batch_size: int
+  checkpoint_step: int
+  resumed_from: int
+  queue_position: int | None
+  eta_seconds: float | None
+  steps_per_second: float | None
+  preview_version: int
+  preview_url: str | None
+  result_url: str | None
+  download_url: str | None
+  content_url: str
+  style_url: str
+
+
+class _UploadError(Exception):
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+class RateLimiter:
+  """At most `per_minute` events per key in any 60 s window (0 = unlimited)."""
+
+  def __init__(self, per_minute: int):
+    self.per_minute = per_minute
+    self._hits: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+    self._lock = threading.Lock()
+
+  def retry_after(self, key: str) -> float | None:
+    """Records a hit; returns the seconds to wait if it is over the limit (and then does not count it)."""
+    if self.per_minute <= 0:
+      return None
+    now = time.monotonic()
+    with self._lock:
+      if len(self._hits) > 10_000:  # Forget idle clients.
+        for stale in [k for k, v in self._hits.items() if not v or now - v[-1] >= 60.0]:
+          del self._hits[stale]
+      hits = self._hits[key]
+      while hits and now - hits[0] >= 60.0:
+        hits.popleft()
+      if len(hits) >= self.per_minute:
+        return 60.0 - (now - hits[0])
+      hits.append(now)
+    return None
+
+
+class BodyLimit:
+  """ASGI middleware: request bodies over `max_bytes` get 413 (by Content-Length, or while streaming)."""
+
+  def __init__(self, app, max_bytes: int):
+    self.app = app
+    self.max_bytes = max_bytes
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+      return await self.app(scope, receive, send)
+    headers = dict(scope["headers"])
+    length = headers.get(b"content-length")
+    if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+      return await _send_error(send, 413, f"upload too large: the limit is {self.max_bytes / 1e6:g} MB")
+    received, too_large, replaced = 0, False, False
+    message = f"upload too large: the limit is {self.max_bytes / 1e6:g} MB"
+
+    async def limited_receive():
+      nonlocal received, too_large
+      event = await receive()
+      if event["type"] == "http.request":
+        received += len(event.get("body", b""))
+        if received > self.max_bytes:  # A body without Content-Length (chunked) grew too large.
+          too_large = True
+          raise HTTPException(413, message)
+      return event
+
+    async def checked_send(event):
+      # The form parser may turn the error above into a 400; the client gets the 413 instead.
+      nonlocal replaced
+      if too_large:
+        if not replaced:
+          replaced = True
+          await _send_error(send, 413, message)
+        return
+      await send(event)
+
+    await self.app(scope, limited_receive, checked_send)
+
+
+async def _send_error(send, status: int, message: str) -> None:
+  body = json.dumps({"detail": message}).encode()
+  await send({"type": "http.response.start", "status": status,
+              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                          (b"connection", b"close")]})
+  await send({"type": "http.response.body", "body": body})
+
+
+def decode_upload(data: bytes, what: str, max_pixels: int) -> np.ndarray:
+  """Upload bytes -> float32 `[H, W, 3]`; `_UploadError` 413 (too many pixels) or 415 (not an image)."""
+  if not data:
+    raise _UploadError(415, f"{what}: the file is empty")
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      width, height = img.size
+  except Image.DecompressionBombError:
+    raise _UploadError(413, f"{what}: image is too large to decode safely (limit {max_pixels:,} pixels)")
+  except Exception:
+    raise _UploadError(415, f"{what}: not an image file (use JPEG, PNG, WebP, GIF, BMP or TIFF)")
+  if width * height > max_pixels:
+    raise _UploadError(413, f"{what}: {width}x{height} pixels is over the limit of {max_pixels:,} pixels")
+  source = io.BytesIO(data)
+  source.name = what
+  try:
+    return image_io.open_image(source, max_pixels=max_pixels)
+  except NstJaxError as e:
+    raise _UploadError(415, str(e)) from None
+
+
+def _label(*names: str | None) -> str:
+  """A display label from the uploaded file names (shown as text only; never used as a path)."""
+  clean = [re.sub(r"[\x00-\x1f\x7f]", "", os.path.basename(n or "image"))[:100] for n in names]
+  return " + ".join(clean)
+
+
+def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels: int = DEFAULT_MAX_PIXELS,
+               rate_limit: int = 10, max_size: int = 1024, max_steps: int = 2000, max_batch: int = 4,
+               checkpoint_every: float = 30.0, preview_every: float = 2.0, batch_wait: float = 0.5,
+               event_interval: float = 0.5, start_worker: bool = True) -> FastAPI:
+  """Builds the web app and its worker (started and stopped with the app's lifespan).
+
+  Args:
+    data_dir: folder for the job database and files (created if missing).
+    weights: `vgg.VGGWeights` (e.g. `weights.load_vgg19(source)`).
+    max_upload_mb: request body limit (413 above it).
+    max_pixels: decoded-pixel limit per uploaded image (413 above it).
+    rate_limit: job submissions per client address per minute (429 above it; 0 = unlimited).
+    max_size, max_steps: the largest output size (longest side, px) and step count a job may ask for.
+    max_batch: how many compatible jobs run together in one vmapped step (1 = no batching).
+    checkpoint_every, preview_every: seconds between checkpoints / preview images of running jobs.
+  """
+  store = JobStore(data_dir)
+  worker = Worker(store, weights, max_batch=max_batch, checkpoint_every=checkpoint_every,
+                  preview_every=preview_every, batch_wait=batch_wait)
+  limiter = RateLimiter(rate_limit)
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    if start_worker:
+      worker.start()
+    yield
+    if start_worker:
+      await run_in_threadpool(worker.stop)
+
+  app = FastAPI(title="nst-jax", version=__version__, lifespan=lifespan,
+                description="Neural style transfer jobs: upload a content photo and a style painting, follow "
+                            "the progress, download the result. See docs/web.md.")
+  app.state.store = store
+  app.state.worker = worker
+
+  @app.middleware("http")
+  async def client_token(request: Request, call_next):
+    token = request.headers.get(HEADER) or request.cookies.get(COOKIE)
+    new_token = None
+    if not token or not _TOKEN_RE.match(token):
+      token = new_token = secrets.token_urlsafe(24)
+    request.state.owner = hashlib.sha256(token.encode()).hexdigest()
+    response = await call_next(request)
+    if new_token is not None:
+      response.set_cookie(COOKIE, new_token, max_age=365 * 86400, httponly=True, samesite="strict",
+                          secure=request.url.scheme == "https")
+    for key, value in _SECURITY_HEADERS.items():
+      response.headers.setdefault(key, value)
+    return response
+
+  app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
+
+  def owned(request: Request, job_id: str) -> dict:
+    job = store.get(job_id) if valid_job_id(job_id) else None
+    if job is None or job["owner"] != request.state.owner:
+      raise HTTPException(404, "job not found")
+    return job
+
+  def view(job: dict) -> dict:
+    base = f"/api/jobs/{job['id']}"
+    eta = None
+    if job["status"] == "running" and job["steps_per_second"]:
+      eta = max(0.0, (job["steps"] - job["step"]) / job["steps_per_second"])
+    return JobView(
+        id=job["id"], status=job["status"], label=job["label"], created=job["created"], started=job["started"],
+        finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
+        height=job["height"], options=job["options"], error=job["error"], batch_size=job["batch_size"],
+        checkpoint_step=job["checkpoint_step"], resumed_from=job["resumed_from"],
+        queue_position=store.queue_position(job), eta_seconds=eta,
+        steps_per_second=job["steps_per_second"], preview_version=job["preview_version"],
+        preview_url=f"{base}/preview?v={job['preview_version']}" if job["preview_version"] else None,
+        result_url=f"{base}/result" if job["status"] == "done" else None,
+        download_url=f"{base}/result?download=1" if job["status"] == "done" else None,
+        content_url=f"{base}/input/content", style_url=f"{base}/input/style").model_dump()
+
+  # ---- the page ------------------------------------------------------------------------------------------------
+
+  @app.get("/", include_in_schema=False)
+  def index():
+    return FileResponse(os.path.join(STATIC_DIR, "index.html"), media_type="text/html",
+                        headers={"Cache-Control": "no-cache"})
+
+  app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+  @app.get("/api/config", summary="Presets, limits and defaults for the page")
+  def get_config():
+    return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name, ""), **values}
+                        for name, values in presets.PRESETS.items()},
+            "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, max_size),
+            "default_steps": min(DEFAULT_STEPS, max_steps), "max_size": max_size, "max_steps": max_steps,
+            "optimizers": list(optimize.OPTIMIZERS), "max_upload_mb": max_upload_mb, "max_pixels": max_pixels,
+            "keep_colors": False}
+
+  @app.get("/api/stats", summary="Queue length and worker counters (no user data)")
+  def stats():
+    return {"jobs": store.counts(), "batches_run": worker.batches_run,
+            "compiled_steps": worker.compiled_steps()}
+
+  # ---- jobs -----------------------------------------------------------------------------------------------------
+
+  @app.post("/api/jobs", status_code=201, response_model=JobView, summary="Submit a style-transfer job",
+            responses={413: {"description": "upload or image too large"}, 415: {"description": "not an image"},
+                       422: {"description": "bad option"}, 429: {"description": "rate limit"}})
+  async def submit(request: Request,
+                   content: UploadFile = File(..., description="The content photo."),
+                   style: UploadFile = File(..., description="The style painting."),
+                   preset: str = Form(presets.DEFAULT_PRESET, description="faithful | balanced | painterly"),
+                   size: int | None = Form(None, description="Output size: longest side in pixels."),
+                   steps: int | None = Form(None, description="Optimisation steps."),
+                   optimizer: str | None = Form(None, description="adam | adagrad | rmsprop | sgd | lbfgs"),
+                   content_weight: float | None = Form(None), style_weight: float | None = Form(None),
+                   tv_weight: float | None = Form(None)):
+    client = request.client.host if request.client else "unknown"
+    retry = limiter.retry_after(client)
+    if retry is not None:
+      raise HTTPException(429, f"too many jobs submitted: try again in {retry:.0f} s",
+                          headers={"Retry-After": str(max(1, round(retry)))})
+    size = DEFAULT_SIZE if size is None else size
+    steps = DEFAULT_STEPS if steps is None else steps
+    if not image_io.MIN_SIZE <= size <= max_size:
+      raise HTTPException(422, f"size must be between {image_io.MIN_SIZE} and {max_size} pixels")
+    if not 1 <= steps <= max_steps:
+      raise HTTPException(422, f"steps must be between 1 and {max_steps}")
+    options = {"preset": preset, "size": size, "steps": steps, "optimizer": optimizer,
+               "content_weight": content_weight, "style_weight": style_weight, "tv_weight": tv_weight}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+      job_config(options)
+    except NstJaxError as e:
+      raise HTTPException(422, str(e)) from None
+    content_bytes, style_bytes = await content.read(), await style.read()
+    try:
+      content_image = await run_in_threadpool(decode_upload, content_bytes, "content image", max_pixels)
+      style_image = await run_in_threadpool(decode_upload, style_bytes, "style image", max_pixels)
+    except _UploadError as e:
+      raise HTTPException(e.status, str(e)) from None
+    job_id = new_job_id()
+    folder = store.job_dir(job_id)
+
+    def write_inputs():
+      os.makedirs(folder)
+      content_resized = image_io.resize_longest(content_image, size)
+      image_io.save_image(os.path.join(folder, "content.png"), content_resized)
+      image_io.save_image(os.path.join(folder, "style.png"), image_io.resize_longest(style_image, size))
+      return content_resized.shape[:2]
+
+    try:
+      height, width = await run_in_threadpool(write_inputs)
+    except Exception:
+      shutil.rmtree(folder, ignore_errors=True)
+      raise
+    job = store.create(job_id=job_id, owner=request.state.owner, options=options,
+                       label=_label(content.filename, style.filename), height=height, width=width, steps=steps)
+    worker.wake()
+    return view(job)
+
+  @app.get("/api/jobs", response_model=list[JobView], summary="This browser's jobs, newest first")
+  def list_jobs(request: Request, limit: int = 50):
+    return [view(j) for j in store.list_owner(request.state.owner, max(1, min(limit, 200)))]
+
+  @app.get("/api/jobs/{job_id}", response_model=JobView, summary="One job")
+  def get_job(request: Request, job_id: str):
+    return view(owned(request, job_id))
+
+  @app.get("/api/jobs/{job_id}/losses", summary="The job's loss curve: [{step, total, content, style, tv}]")
+  def get_losses(request: Request, job_id: str):
+    owned(request, job_id)
+    return store.losses(job_id)
+
+  @app.get("/api/jobs/{job_id}/events", summary="Progress as server-sent events",
+           description="`progress` events carry the job (as GET /api/jobs/{id}) plus `losses`, the loss "
+                       "points since the previous event; a final `end` event follows when the job is done, "
+                       "failed or cancelled.")
+  async def events(request: Request, job_id: str):
+    owned(request, job_id)
+
+    async def stream():
+      last_step, last_payload, last_sent = -1, None, 0.0
+      while True:
+        job = store.get(job_id)
+        if job is None:
+          yield "event: end\ndata: {\"status\": \"deleted\"}\n\n"
+          return
+        job_view = view(job)
+        new_losses = store.losses(job_id, last_step)
+        if new_losses:
+          last_step = new_losses[-1]["step"]
+        payload = json.dumps({**job_view, "losses": new_losses})
+        if new_losses or payload != last_payload:
+          yield f"event: progress\ndata: {payload}\n\n"
+          last_payload, last_sent = payload, time.monotonic()
+        elif time.monotonic() - last_sent > 15:
+          yield ": keep-alive\n\n"
+          last_sent = time.monotonic()
+        if job["status"] in TERMINAL:
+          yield f"event: end\ndata: {json.dumps(job_view)}\n\n"
+          return
+        if await request.is_disconnected():
+          return
+        await asyncio.sleep(event_interval)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+  def _file(job_id: str, name: str, media_type: str, **kwargs):
+    path = store.path(job_id, name)
+    if not os.path.exists(path):
+      raise HTTPException(404, f"no {name.split('.')[0]} yet")
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, no-cache"}, **kwargs)
+
+  @app.get("/api/jobs/{job_id}/preview", summary="The current image (JPEG), updated every few seconds")
+  def preview(request: Request, job_id: str):
+    owned(request, job_id)
+    return _file(job_id, "preview.jpg", "image/jpeg")
+
+  @app.get("/api/jobs/{job_id}/result", summary="The finished picture (PNG)")
+  def result(request: Request, job_id: str, download: bool = False):
+    job = owned(request, job_id)
+    if job["status"] != "done":
+      raise HTTPException(409, f"job is {job['status']}, no result")
+    return _file(job_id, "result.png", "image/png", filename=f"nst-jax-{job_id[:8]}.png",
+                 content_disposition_type="attachment" if download else "inline")
+
+  @app.get("/api/jobs/{job_id}/input/{which}", summary="The job's content or style image as used (PNG)")
+  def job_input(request: Request, job_id: str, which: Literal["content", "style"]):
+    owned(request, job_id)
+    return _file(job_id, f"{which}.png", "image/png")
+
+  @app.post("/api/jobs/{job_id}/cancel", response_model=JobView, summary="Cancel a queued or running job")
+  def cancel(request: Request, job_id: str):
+    job = owned(request, job_id)
+    if job["status"] == "queued" and store.cancel_if_queued(job_id):
+      return view(store.get(job_id))
+    if job["status"] in ACTIVE:
+      worker.cancel(job_id)
+    return view(store.get(job_id))
+
+  @app.delete("/api/jobs/{job_id}", summary="Cancel an active job, or delete a finished one and its files",
+              responses={200: {"description": "the job (cancelling)"}, 204: {"description": "deleted"}})
+  def delete(request: Request, job_id: str):
+    job = owned(request, job_id)
+    if job["status"] in ACTIVE:
+      return cancel(request, job_id)
+    store.delete(job_id)
+    return Response(status_code=204)
+
+  return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+  """Runs `app` with uvicorn in a background thread (tests, benchmarks); yields the base URL."""
+  import socket
+
+  import uvicorn
+  if port == 0:
+    with socket.socket() as s:
+      s.bind((host, 0))
+      port = s.getsockname()[1]
+  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                         timeout_graceful_shutdown=2))
+  thread = threading.Thread(target=server.run, name="nst-jax-uvicorn", daemon=True)
+  thread.start()
+  deadline = time.time() + 30
+  while not server.started:
+    if time.time() > deadline or not thread.is_alive():
+      raise RuntimeError("server did not start")
+    time.sleep(0.05)
+  try:
+    yield f"http://{host}:{port}"
+  finally:
+    server.should_exit = True
+    thread.join(30)

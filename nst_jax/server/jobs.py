@@ -1,0 +1,225 @@
+"""The job store: one SQLite database (WAL mode) plus one folder of files per job under `data_dir`.
+
+Statuses: queued -> running -> done | failed | cancelled (running -> queued again when the worker stops
+or the server restarts; the job then continues from its last checkpoint). Each thread gets its own
+connection; WAL lets the web handlers read while the worker writes.
+
+Files of job `id` live in `data_dir/jobs/<id>/`: `content.png`, `style.png` (decoded and resized inputs;
+the uploaded bytes and file names are never written), `preview.jpg`, `result.png`,
+`checkpoint-<step>.npz`. Job ids come from `secrets.token_urlsafe`, never from user input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("done", "failed", "cancelled")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT UNIQUE NOT NULL,
+  owner TEXT NOT NULL,
+  status TEXT NOT NULL,
+  options TEXT NOT NULL,
+  label TEXT NOT NULL DEFAULT '',
+  height INTEGER NOT NULL,
+  width INTEGER NOT NULL,
+  steps INTEGER NOT NULL,
+  step INTEGER NOT NULL DEFAULT 0,
+  checkpoint_step INTEGER NOT NULL DEFAULT 0,
+  resumed_from INTEGER NOT NULL DEFAULT 0,
+  steps_per_second REAL,
+  preview_version INTEGER NOT NULL DEFAULT 0,
+  batch_size INTEGER NOT NULL DEFAULT 0,
+  error TEXT,
+  created REAL NOT NULL,
+  started REAL,
+  finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE TABLE IF NOT EXISTS losses (
+  job_id TEXT NOT NULL,
+  step INTEGER NOT NULL,
+  total REAL, content REAL, style REAL, tv REAL,
+  PRIMARY KEY (job_id, step)
+);
+"""
+
+
+def new_job_id() -> str:
+  """An unguessable id (about 160 random bits)."""
+  return secrets.token_urlsafe(20)
+
+
+def valid_job_id(job_id: str) -> bool:
+  return bool(_ID_RE.match(job_id or ""))
+
+
+class JobStore:
+  """Jobs in SQLite plus their files on disk. Thread-safe (one connection per thread)."""
+
+  def __init__(self, data_dir: str):
+    self.data_dir = os.path.abspath(data_dir)
+    os.makedirs(os.path.join(self.data_dir, "jobs"), exist_ok=True)
+    self.db_path = os.path.join(self.data_dir, "jobs.sqlite3")
+    self._local = threading.local()
+    with self._db() as db:
+      db.execute("PRAGMA journal_mode=WAL")
+      db.executescript(_SCHEMA)
+
+  @contextlib.contextmanager
+  def _db(self):
+    conn = getattr(self._local, "conn", None)
+    if conn is None:
+      conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+      conn.row_factory = sqlite3.Row
+      conn.execute("PRAGMA synchronous=NORMAL")
+      conn.execute("PRAGMA busy_timeout=30000")
+      self._local.conn = conn
+    yield conn
+
+  # ---- files ------------------------------------------------------------------------------------------------
+
+  def job_dir(self, job_id: str) -> str:
+    if not valid_job_id(job_id):
+      raise ValueError(f"bad job id {job_id!r}")
+    return os.path.join(self.data_dir, "jobs", job_id)
+
+  def path(self, job_id: str, name: str) -> str:
+    return os.path.join(self.job_dir(job_id), name)
+
+  def checkpoint_path(self, job_id: str, step: int) -> str:
+    return self.path(job_id, f"checkpoint-{int(step)}.npz")
+
+  def remove_old_checkpoints(self, job_id: str, keep_step: int | None) -> None:
+    folder = self.job_dir(job_id)
+    for name in os.listdir(folder):
+      if name.startswith("checkpoint-") and name != f"checkpoint-{keep_step}.npz":
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(os.path.join(folder, name))
+
+  # ---- jobs -------------------------------------------------------------------------------------------------
+
+  def create(self, *, job_id: str, owner: str, options: dict, label: str, height: int, width: int,
+             steps: int) -> dict:
+    """Inserts a queued job (its input files must already be in `job_dir(job_id)`)."""
+    with self._db() as db:
+      db.execute("INSERT INTO jobs (id, owner, status, options, label, height, width, steps, created) "
+                 "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                 (job_id, owner, json.dumps(options), label, height, width, steps, time.time()))
+    return self.get(job_id)
+
+  def get(self, job_id: str) -> dict | None:
+    with self._db() as db:
+      row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return _row(row)
+
+  def list_owner(self, owner: str, limit: int = 50) -> list[dict]:
+    with self._db() as db:
+      rows = db.execute("SELECT * FROM jobs WHERE owner = ? ORDER BY seq DESC LIMIT ?", (owner, limit)).fetchall()
+    return [_row(r) for r in rows]
+
+  def queued(self) -> list[dict]:
+    with self._db() as db:
+      rows = db.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq").fetchall()
+    return [_row(r) for r in rows]
+
+  def queue_position(self, job: dict) -> int | None:
+    """1 = next to run; None when the job is not queued."""
+    if job["status"] != "queued":
+      return None
+    with self._db() as db:
+      (ahead,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?",
+                            (job["seq"],)).fetchone()
+    return int(ahead) + 1
+
+  def counts(self) -> dict:
+    with self._db() as db:
+      rows = db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+    return {r["status"]: r["n"] for r in rows}
+
+  def claim(self, job_ids: list[str], batch_size: int) -> list[str]:
+    """Marks queued jobs running; returns the ids that were still queued (a cancel may have won)."""
+    claimed = []
+    now = time.time()
+    with self._db() as db:
+      for job_id in job_ids:
+        cur = db.execute("UPDATE jobs SET status = 'running', batch_size = ?, started = COALESCE(started, ?), "
+                         "resumed_from = checkpoint_step WHERE id = ? AND status = 'queued'",
+                         (batch_size, now, job_id))
+        if cur.rowcount:
+          claimed.append(job_id)
+    return claimed
+
+  def requeue_running(self) -> int:
+    """After a restart: running jobs go back to the queue (they continue from their checkpoint)."""
+    with self._db() as db:
+      return db.execute("UPDATE jobs SET status = 'queued', step = checkpoint_step WHERE status = 'running'"
+                        ).rowcount
+
+  def requeue(self, job_id: str) -> None:
+    with self._db() as db:
+      db.execute("UPDATE jobs SET status = 'queued', step = checkpoint_step WHERE id = ? AND status = 'running'",
+                 (job_id,))
+
+  def update_progress(self, job_id: str, step: int, steps_per_second: float | None = None,
+                      new_preview: bool = False) -> None:
+    with self._db() as db:
+      db.execute("UPDATE jobs SET step = ?, steps_per_second = COALESCE(?, steps_per_second), "
+                 "preview_version = preview_version + ? WHERE id = ?",
+                 (int(step), steps_per_second, int(new_preview), job_id))
+
+  def add_losses(self, job_id: str, step: int, metrics: dict) -> None:
+    with self._db() as db:
+      db.execute("INSERT OR REPLACE INTO losses (job_id, step, total, content, style, tv) VALUES (?, ?, ?, ?, ?, ?)",
+                 (job_id, int(step), *(float(metrics[k]) for k in ("total", "content", "style", "tv"))))
+
+  def losses(self, job_id: str, after_step: int = -1) -> list[dict]:
+    with self._db() as db:
+      rows = db.execute("SELECT step, total, content, style, tv FROM losses WHERE job_id = ? AND step > ? "
+                        "ORDER BY step", (job_id, after_step)).fetchall()
+    return [dict(r) for r in rows]
+
+  def set_checkpoint(self, job_id: str, step: int) -> None:
+    with self._db() as db:
+      db.execute("UPDATE jobs SET checkpoint_step = ? WHERE id = ?", (int(step), job_id))
+
+  def finish(self, job_id: str, status: str, error: str | None = None) -> None:
+    assert status in TERMINAL
+    with self._db() as db:
+      db.execute("UPDATE jobs SET status = ?, error = ?, finished = ?, "
+                 "step = CASE WHEN ? = 'done' THEN steps ELSE step END WHERE id = ?",
+                 (status, error, time.time(), status, job_id))
+
+  def cancel_if_queued(self, job_id: str) -> bool:
+    with self._db() as db:
+      cur = db.execute("UPDATE jobs SET status = 'cancelled', finished = ? WHERE id = ? AND status = 'queued'",
+                       (time.time(), job_id))
+    return bool(cur.rowcount)
+
+  def delete(self, job_id: str) -> None:
+    """Removes a finished job's row, losses and files."""
+    with self._db() as db:
+      db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+      db.execute("DELETE FROM losses WHERE job_id = ?", (job_id,))
+    shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+
+def _row(row) -> dict | None:
+  if row is None:
+    return None
+  job = dict(row)
+  job["options"] = json.loads(job["options"])
+  return job

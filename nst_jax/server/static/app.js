@@ -1,0 +1,287 @@
+// nst-jax web page: upload, submit, follow progress (server-sent events), cancel, download, history.
+// All user-provided text (file names, error messages) is inserted with textContent, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const STORAGE_KEY = "nst-jax-jobs";
+const state = { config: null, files: { content: null, style: null }, jobId: null, source: null, losses: new Map() };
+
+function storedJobs() {
+  try { return JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]").filter((x) => typeof x === "string"); }
+  catch (e) { return []; }
+}
+function rememberJob(id) {
+  const ids = [id].concat(storedJobs().filter((x) => x !== id)).slice(0, 50);
+  localStorage.setItem(STORAGE_KEY, JSON.stringify(ids));
+}
+function forgetJob(id) {
+  localStorage.setItem(STORAGE_KEY, JSON.stringify(storedJobs().filter((x) => x !== id)));
+}
+
+async function api(path, options) {
+  const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options || {}));
+  let body = null;
+  if (response.status !== 204) {
+    try { body = await response.json(); } catch (e) { body = null; }
+  }
+  if (!response.ok) {
+    const detail = body && body.detail;
+    const message = typeof detail === "string" ? detail : (Array.isArray(detail) && detail.length ?
+      detail.map((d) => (d.loc ? d.loc.slice(-1)[0] + ": " : "") + d.msg).join("; ") : response.statusText);
+    const error = new Error(message || ("HTTP " + response.status));
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+function formatSeconds(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "";
+  s = Math.round(s);
+  if (s < 60) return s + " s";
+  const m = Math.floor(s / 60);
+  if (m < 60) return m + " min " + (s % 60) + " s";
+  return Math.floor(m / 60) + " h " + (m % 60) + " min";
+}
+
+// ---- choosing files ------------------------------------------------------------------------------------------
+
+function setFile(which, file) {
+  if (!file) return;
+  state.files[which] = file;
+  const thumb = $(which + "-thumb");
+  if (thumb.dataset.url) URL.revokeObjectURL(thumb.dataset.url);
+  thumb.dataset.url = URL.createObjectURL(file);
+  thumb.src = thumb.dataset.url;
+  thumb.hidden = false;
+  $(which + "-name").textContent = file.name;
+  $("form-error").textContent = "";
+}
+
+function setUpDrop(which) {
+  const drop = $(which + "-drop");
+  const input = $(which + "-input");
+  input.addEventListener("change", () => setFile(which, input.files[0]));
+  ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
+    e.preventDefault(); drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer && e.dataTransfer.files.length) setFile(which, e.dataTransfer.files[0]);
+  });
+}
+
+// ---- presets and options -------------------------------------------------------------------------------------
+
+function buildPresets(config) {
+  const box = $("presets");
+  Object.keys(config.presets).forEach((name) => {
+    const label = document.createElement("label");
+    label.className = "preset";
+    const input = document.createElement("input");
+    input.type = "radio"; input.name = "preset"; input.value = name;
+    input.checked = name === config.default_preset;
+    input.addEventListener("change", () => showPresetValues(name));
+    const title = document.createElement("strong");
+    title.textContent = " " + name;
+    const text = document.createElement("span");
+    text.textContent = config.presets[name].description;
+    label.append(input, title, text);
+    box.appendChild(label);
+  });
+  const select = $("opt-optimizer");
+  config.optimizers.forEach((name) => {
+    const option = document.createElement("option");
+    option.value = name; option.textContent = name;
+    select.appendChild(option);
+  });
+  select.value = "adam";
+  $("opt-size").max = config.max_size;
+  $("opt-size").placeholder = config.default_size;
+  $("opt-steps").max = config.max_steps;
+  $("opt-steps").placeholder = config.default_steps;
+  showPresetValues(config.default_preset);
+}
+
+function showPresetValues(name) {
+  const p = state.config.presets[name];
+  $("opt-content-weight").placeholder = p.content_weight;
+  $("opt-style-weight").placeholder = p.style_weight;
+  $("opt-tv-weight").placeholder = p.tv_weight;
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  $("form-error").textContent = "";
+  if (!state.files.content || !state.files.style) {
+    $("form-error").textContent = "Choose a photo and a painting first.";
+    return;
+  }
+  const data = new FormData();
+  data.append("content", state.files.content, state.files.content.name);
+  data.append("style", state.files.style, state.files.style.name);
+  const preset = document.querySelector("input[name=preset]:checked");
+  data.append("preset", preset ? preset.value : state.config.default_preset);
+  [["opt-size", "size"], ["opt-steps", "steps"], ["opt-content-weight", "content_weight"],
+   ["opt-style-weight", "style_weight"], ["opt-tv-weight", "tv_weight"]].forEach(([id, key]) => {
+    const value = $(id).value.trim();
+    if (value !== "") data.append(key, value);
+  });
+  if ($("advanced").open) data.append("optimizer", $("opt-optimizer").value);
+  $("submit").disabled = true;
+  try {
+    const job = await api("/api/jobs", { method: "POST", body: data });
+    rememberJob(job.id);
+    showJob(job.id);
+    refreshHistory();
+  } catch (e) {
+    $("form-error").textContent = e.message;
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+// ---- following one job ---------------------------------------------------------------------------------------
+
+function showJob(id) {
+  if (state.source) state.source.close();
+  state.jobId = id;
+  state.losses = new Map();  // step -> total loss (a reconnecting stream sends points again)
+  $("current").hidden = false;
+  $("result").hidden = true;
+  $("preview").hidden = false;
+  $("download-link").hidden = true;
+  $("job-error").textContent = "";
+  $("preview-img").removeAttribute("src");
+  drawLosses();
+  const source = new EventSource("/api/jobs/" + encodeURIComponent(id) + "/events");
+  state.source = source;
+  source.addEventListener("progress", (e) => {
+    const job = JSON.parse(e.data);
+    if (job.id !== state.jobId) return;
+    job.losses.forEach((p) => state.losses.set(p.step, p.total));
+    updateJob(job);
+    drawLosses();
+  });
+  source.addEventListener("end", (e) => {
+    source.close();
+    const job = JSON.parse(e.data);
+    if (job.id === state.jobId) updateJob(job);
+    refreshHistory();
+  });
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) $("job-error").textContent = "Lost the connection to the server.";
+  };
+  $("current").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+function updateJob(job) {
+  $("job-label").textContent = job.label;
+  $("job-status").textContent = job.status;
+  $("job-step").textContent = "step " + job.step + " / " + job.steps;
+  $("job-eta").textContent = job.eta_seconds !== null ? "about " + formatSeconds(job.eta_seconds) + " left" : "";
+  $("job-queue").textContent = job.queue_position ? "position in queue: " + job.queue_position : "";
+  $("job-progress").value = job.steps ? job.step / job.steps : 0;
+  const preview = $("preview-img");
+  if (job.preview_url && preview.dataset.src !== job.preview_url) {
+    preview.dataset.src = job.preview_url;
+    preview.src = job.preview_url;
+  } else if (!job.preview_url && preview.dataset.src !== job.content_url) {
+    preview.dataset.src = job.content_url;
+    preview.src = job.content_url;
+  }
+  $("cancel-button").hidden = !(job.status === "queued" || job.status === "running");
+  $("job-error").textContent = job.error || (job.status === "cancelled" ? "Cancelled." : "");
+  if (job.status === "done") {
+    const img = $("result-img");
+    if (img.dataset.src !== job.result_url) { img.dataset.src = job.result_url; img.src = job.result_url; }
+    $("result").hidden = false;
+    $("preview").hidden = true;
+    const link = $("download-link");
+    link.href = job.download_url;
+    link.hidden = false;
+  }
+}
+
+function drawLosses() {
+  const canvas = $("loss-canvas");
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 36;
+  ctx.clearRect(0, 0, w, h);
+  ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, w, h);
+  const points = Array.from(state.losses.entries()).filter((p) => p[1] > 0 && isFinite(p[1]))
+    .sort((a, b) => a[0] - b[0]);
+  ctx.fillStyle = "#666"; ctx.font = "12px sans-serif";
+  if (points.length < 1) { ctx.fillText("waiting for the first losses...", pad, h / 2); return; }
+  const maxStep = Math.max(...points.map((p) => p[0]), 1);
+  const logs = points.map((p) => Math.log10(p[1]));
+  let lo = Math.min(...logs), hi = Math.max(...logs);
+  if (hi - lo < 1e-6) { lo -= 0.5; hi += 0.5; }
+  const x = (s) => pad + (w - pad - 10) * s / maxStep;
+  const y = (v) => h - pad + (pad + 10 - h) * (v - lo) / (hi - lo);
+  ctx.strokeStyle = "#ccc"; ctx.beginPath();
+  ctx.moveTo(pad, 10); ctx.lineTo(pad, h - pad); ctx.lineTo(w - 10, h - pad); ctx.stroke();
+  ctx.fillText("1e" + hi.toFixed(1), 2, 16);
+  ctx.fillText("1e" + lo.toFixed(1), 2, h - pad);
+  ctx.fillText("step " + maxStep, w - 70, h - 12);
+  ctx.strokeStyle = "#7a3e9d"; ctx.lineWidth = 2; ctx.beginPath();
+  points.forEach((p, i) => { const px = x(p[0]), py = y(logs[i]); i ? ctx.lineTo(px, py) : ctx.moveTo(px, py); });
+  ctx.stroke();
+}
+
+async function cancelJob() {
+  if (!state.jobId) return;
+  try { updateJob(await api("/api/jobs/" + encodeURIComponent(state.jobId) + "/cancel", { method: "POST" })); }
+  catch (e) { $("job-error").textContent = e.message; }
+}
+
+// ---- this browser's jobs -------------------------------------------------------------------------------------
+
+async function refreshHistory() {
+  let jobs = [];
+  try { jobs = await api("/api/jobs"); } catch (e) { return; }
+  const known = new Set(jobs.map((j) => j.id));
+  storedJobs().forEach((id) => { if (!known.has(id)) forgetJob(id); });  // Deleted on the server.
+  jobs.forEach((j) => rememberJob(j.id));
+  const list = $("jobs");
+  list.replaceChildren();
+  $("jobs-empty").hidden = jobs.length > 0;
+  jobs.forEach((job) => {
+    const item = document.createElement("li");
+    item.dataset.jobId = job.id;
+    const img = document.createElement("img");
+    img.alt = "";
+    img.src = job.result_url || job.preview_url || job.content_url;
+    const name = document.createElement("div");
+    name.className = "job-name";
+    name.textContent = job.label;
+    const status = document.createElement("div");
+    status.className = "job-status";
+    status.textContent = job.status + " \u00b7 " + new Date(job.created * 1000).toLocaleString() +
+      " \u00b7 " + job.width + "\u00d7" + job.height + " \u00b7 " + job.steps + " steps";
+    item.append(img, name, status);
+    item.addEventListener("click", () => showJob(job.id));
+    list.appendChild(item);
+  });
+}
+
+async function init() {
+  state.config = await api("/api/config");
+  buildPresets(state.config);
+  setUpDrop("content");
+  setUpDrop("style");
+  $("job-form").addEventListener("submit", submitJob);
+  $("cancel-button").addEventListener("click", cancelJob);
+  await refreshHistory();
+  const active = document.querySelector("#jobs li");
+  if (active && !state.jobId) {
+    const jobs = await api("/api/jobs");
+    const running = jobs.find((j) => j.status === "running" || j.status === "queued");
+    if (running) showJob(running.id);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  init().catch((e) => { $("form-error").textContent = "Could not reach the server: " + e.message; });
+});

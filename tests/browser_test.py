@@ -1,0 +1,102 @@
+"""A real-browser test of the web page: headless Debian Chromium driven by Playwright (no browser download).
+
+Uploads two images, picks options, submits, waits for the finished picture, checks the page, and takes a
+screenshot (saved in the test's tmp folder and copied to $NST_JAX_SCREENSHOT or
+`<tempdir>/nst_jax_browser_test.png`). Skips only when Chromium or Playwright is missing and $CI is unset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from nst_jax import vgg
+from nst_jax.server.app import create_app
+from web_helpers import live_server, png_bytes
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HOSTILE_NAME = "<b>photo<img src=x onerror=alert(1)>.png"  # No "/": names are cut to their basename.
+
+
+def _playwright():
+  try:
+    from playwright.sync_api import sync_playwright
+  except ImportError:
+    sync_playwright = None
+  missing = [what for what, ok in (("playwright", sync_playwright is not None),
+                                   (CHROMIUM, os.path.exists(CHROMIUM))) if not ok]
+  if missing:
+    if os.environ.get("CI"):
+      pytest.fail(f"browser test needs {', '.join(missing)} in CI (scripts/run_tests.sh installs them)")
+    pytest.skip(f"{', '.join(missing)} not available")
+  return sync_playwright
+
+
+def test_upload_submit_and_see_result(tmp_path):
+  sync_playwright = _playwright()
+  app = create_app(data_dir=str(tmp_path / "data"), weights=vgg.random_weights(0), rate_limit=0,
+                   preview_every=0.5, checkpoint_every=10.0, batch_wait=0.1, event_interval=0.2)
+  with live_server(app) as base, sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+      # bypass_csp: the page forbids eval; Playwright needs it for its string predicates only.
+      page = browser.new_page(viewport={"width": 1000, "height": 900}, bypass_csp=True)
+      dialogs = []
+      page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+      page.goto(base + "/")
+      page.wait_for_selector("input[name=preset][value=painterly]", state="attached")
+
+      # A non-image is refused with the server's message on the page.
+      page.set_input_files("#content-input", files=[{"name": "notes.png", "mimeType": "image/png",
+                                                     "buffer": b"not an image at all"}])
+      page.set_input_files("#style-input", files=[{"name": "painting.png", "mimeType": "image/png",
+                                                   "buffer": png_bytes(1, 48, 48)}])
+      page.click("#submit")
+      page.wait_for_function("document.getElementById('form-error').textContent.includes('not an image')")
+
+      page.set_input_files("#content-input", files=[{"name": HOSTILE_NAME, "mimeType": "image/png",
+                                                     "buffer": png_bytes(0, 40, 32)}])
+      assert page.is_visible("#content-thumb") and page.is_visible("#style-thumb")
+      assert page.text_content("#content-name") == HOSTILE_NAME
+      page.check("input[name=preset][value=painterly]")
+      page.click("#advanced summary")
+      page.fill("#opt-size", "32")
+      page.fill("#opt-steps", "15")
+      page.click("#submit")
+      page.wait_for_function(
+          "() => { const img = document.getElementById('result-img');"
+          " return !document.getElementById('result').hidden && img.complete && img.naturalWidth > 0; }",
+          timeout=170_000)
+
+      assert page.text_content("#job-status") == "done"
+      assert page.text_content("#job-step") == "step 15 / 15"
+      assert page.eval_on_selector("#result-img", "img => [img.naturalWidth, img.naturalHeight]") == [32, 26]
+      assert "download=1" in page.get_attribute("#download-link", "href")
+      # The loss curve was drawn: the canvas has purple pixels.
+      purple = page.evaluate("""() => {
+        const c = document.getElementById('loss-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > 100 && d[i + 2] > 130 && d[i + 1] < 90) n++;
+        return n; }""")
+      assert purple > 20
+      # The hostile file name is shown as text, never parsed as HTML; no script ran.
+      page.wait_for_selector("#jobs li")
+      assert HOSTILE_NAME in page.text_content("#jobs li .job-name")
+      assert page.eval_on_selector_all("#jobs b, #jobs img[src=x], #job-label b", "els => els.length") == 0
+      assert dialogs == []
+      stored = page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))")
+      assert len(stored) == 1 and page.get_attribute("#jobs li", "data-job-id") == stored[0]
+
+      shot = tmp_path / "page.png"
+      page.screenshot(path=str(shot), full_page=True)
+      assert shot.stat().st_size > 10_000
+      copy = os.environ.get("NST_JAX_SCREENSHOT") or os.path.join(tempfile.gettempdir(),
+                                                                  "nst_jax_browser_test.png")
+      shutil.copyfile(shot, copy)
+    finally:
+      browser.close()

@@ -1,0 +1,338 @@
+"""Tests of the web app (nst_jax/server): API with FastAPI's TestClient, restart and load on a live server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from nst_jax import optimize, vgg
+from nst_jax.configs import default
+from nst_jax.server import checkpoints, worker as worker_lib
+from nst_jax.server.app import create_app
+from web_helpers import free_port, live_server, png_bytes, wait_for
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WEIGHTS = vgg.random_weights(0)
+
+
+def _files(content=None, style=None, name="photo.png"):
+  return {"content": (name, content or png_bytes(0), "image/png"),
+          "style": ("painting.png", style or png_bytes(1), "image/png")}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+  app = create_app(data_dir=str(tmp_path_factory.mktemp("data")), weights=WEIGHTS, rate_limit=0,
+                   checkpoint_every=0.3, preview_every=0.3, batch_wait=0.2, event_interval=0.1)
+  with TestClient(app) as c:
+    yield c
+
+
+def _get(client, job_id):
+  return lambda: client.get(f"/api/jobs/{job_id}").json()
+
+
+def test_submit_progress_result(client):
+  r = client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 12, "preset": "painterly"})
+  assert r.status_code == 201, r.text
+  job = r.json()
+  assert job["status"] == "queued" and (job["width"], job["height"]) == (32, 26)
+  assert job["options"]["preset"] == "painterly"
+  events, losses = [], []
+  with client.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    kind = None
+    for line in stream.iter_lines():
+      if line.startswith("event: "):
+        kind = line[len("event: "):]
+      elif line.startswith("data: "):
+        data = json.loads(line[len("data: "):])
+        events.append((kind, data))
+        losses += data.get("losses", [])
+  assert events[-1][0] == "end" and events[-1][1]["status"] == "done"
+  steps = [d["step"] for k, d in events if k == "progress"]
+  assert steps == sorted(steps) and steps[-1] == 12
+  assert [p["step"] for p in losses] == list(range(1, 13))  # log_every 1 at 12 steps: every loss, once.
+  assert all(np.isfinite(p["total"]) for p in losses)
+  done = client.get(f"/api/jobs/{job['id']}").json()
+  assert done["status"] == "done" and done["step"] == 12 and done["eta_seconds"] is None
+  result = client.get(done["result_url"])
+  assert result.headers["content-type"] == "image/png"
+  assert np.asarray(Image.open(io.BytesIO(result.content))).shape == (26, 32, 3)
+  download = client.get(done["download_url"])
+  assert download.headers["content-disposition"].startswith("attachment")
+  assert download.content == result.content
+  assert client.get(done["preview_url"]).headers["content-type"] == "image/jpeg"
+  content = Image.open(io.BytesIO(client.get(done["content_url"]).content))
+  assert content.size == (32, 26)
+  assert job["id"] in [j["id"] for j in client.get("/api/jobs").json()]
+  assert len(client.get(f"/api/jobs/{job['id']}/losses").json()) == 12
+
+
+def test_other_browser_gets_404(client):
+  job = client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 3}).json()
+  wait_for(_get(client, job["id"]))
+  other = TestClient(client.app)  # No cookie: a different browser.
+  base = f"/api/jobs/{job['id']}"
+  for path in (base, f"{base}/events", f"{base}/result", f"{base}/preview", f"{base}/input/content",
+               f"{base}/losses"):
+    assert other.get(path).status_code == 404, path
+  assert other.post(f"{base}/cancel").status_code == 404
+  assert other.delete(base).status_code == 404
+  assert other.get("/api/jobs").json() == []
+  assert client.get(base).status_code == 200
+  # The token can also come in a header (API clients); it is separate from the cookie's.
+  api_client = TestClient(client.app, headers={"X-NST-Client": "x" * 32})
+  assert api_client.get(base).status_code == 404
+  mine = api_client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 2}).json()
+  assert [j["id"] for j in api_client.get("/api/jobs").json()] == [mine["id"]]
+  assert client.get(f"/api/jobs/{mine['id']}").status_code == 404
+  wait_for(lambda: api_client.get(f"/api/jobs/{mine['id']}").json())
+
+
+def test_job_ids_unguessable_and_not_paths(idle_app):
+  client = TestClient(idle_app)
+  ids = {client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 1}).json()["id"] for _ in range(3)}
+  assert len(ids) == 3 and all(len(i) >= 26 for i in ids)
+  for bad in ("..%2F..%2Fjobs.sqlite3", "..", "abc", "%2Fetc%2Fpasswd", "..%2F" + next(iter(ids))):
+    assert client.get(f"/api/jobs/{bad}").status_code == 404
+    assert client.get(f"/api/jobs/{bad}/result").status_code == 404
+  # Uploaded names are never paths: the job folder holds only fixed names.
+  folder = idle_app.state.store.job_dir(next(iter(ids)))
+  assert sorted(os.listdir(folder)) == ["content.png", "style.png"]
+
+
+def test_cancel_queued_running_and_batched(client):
+  """Two compatible jobs share a batch; cancelling one leaves the other running to the end (resumed)."""
+  first = client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 30}).json()
+  second = client.post("/api/jobs", files=_files(png_bytes(2)), data={"size": 32, "steps": 30,
+                                                                       "preset": "faithful"}).json()
+  other_shape = client.post("/api/jobs", files=_files(), data={"size": 24, "steps": 30}).json()
+  running = wait_for(_get(client, first["id"]), condition=lambda j: j["step"] >= 2)
+  assert running["status"] == "running" and running["batch_size"] == 2
+  queued = client.get(f"/api/jobs/{other_shape['id']}").json()
+  assert queued["status"] == "queued" and queued["queue_position"] == 1
+  cancelled = client.delete(f"/api/jobs/{other_shape['id']}").json()  # DELETE of an active job cancels.
+  assert cancelled["status"] == "cancelled"
+  client.post(f"/api/jobs/{first['id']}/cancel")
+  assert wait_for(_get(client, first["id"]))["status"] == "cancelled"
+  survivor = wait_for(_get(client, second["id"]))
+  assert survivor["status"] == "done" and survivor["step"] == 30 and survivor["resumed_from"] >= 2
+  assert client.get(f"/api/jobs/{first['id']}/result").status_code == 409
+  assert client.delete(f"/api/jobs/{first['id']}").status_code == 204
+  assert client.get(f"/api/jobs/{first['id']}").status_code == 404
+
+
+def test_bad_options_422(client):
+  for data in ({"steps": 0}, {"size": 100000}, {"optimizer": "magic"}, {"preset": "nope"},
+               {"style_weight": -1}):
+    r = client.post("/api/jobs", files=_files(), data={"size": 32, **data})
+    assert r.status_code == 422, (data, r.text)
+    assert r.json()["detail"]
+
+
+@pytest.fixture
+def idle_app(tmp_path):
+  """An app with small limits and no worker (nothing is run)."""
+  return create_app(data_dir=str(tmp_path), weights=WEIGHTS, max_upload_mb=0.2, max_pixels=200_000,
+                    rate_limit=3, start_worker=False)
+
+
+def test_upload_too_large_413(idle_app):
+  c = TestClient(idle_app)
+  big = os.urandom(300_000)
+  r = c.post("/api/jobs", files={"content": ("a.png", big), "style": ("b.png", png_bytes(1))})
+  assert r.status_code == 413 and "too large" in r.json()["detail"]
+  # Without Content-Length (chunked), the limit applies while the body streams in.
+  boundary = "nstboundary"
+  head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"a.png\"\r\n"
+          "Content-Type: image/png\r\n\r\n").encode()
+  chunks = lambda: iter([head] + [b"x" * 50_000] * 6 + [f"\r\n--{boundary}--\r\n".encode()])
+  r = c.post("/api/jobs", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+  assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+
+def test_decompression_bomb_413(idle_app):
+  c = TestClient(idle_app)
+  # 1000 x 1000 decoded pixels (over this app's 200,000 limit) in a few kilobytes of PNG.
+  buffer = io.BytesIO()
+  Image.new("L", (1000, 1000)).save(buffer, format="PNG")
+  assert len(buffer.getvalue()) < 20_000
+  r = c.post("/api/jobs", files={"content": ("bomb.png", buffer.getvalue()), "style": ("b.png", png_bytes(1))})
+  assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+def test_non_images_415(idle_app):
+  c = TestClient(idle_app)
+  for name, data in (("notes.png", b"this is not an image"), ("cut.png", png_bytes(3)[:60]), ("empty.png", b"")):
+    r = c.post("/api/jobs", files={"content": (name, data), "style": ("b.png", png_bytes(1))})
+    assert r.status_code == 415, (name, r.text)
+    assert "content image" in r.json()["detail"]
+  assert c.get("/api/jobs").json() == []
+
+
+def test_rate_limit_429(idle_app):
+  c = TestClient(idle_app)
+  codes = [c.post("/api/jobs", files=_files(), data={"size": 32, "steps": 1}).status_code for _ in range(4)]
+  assert codes == [201, 201, 201, 429]
+  r = c.post("/api/jobs", files=_files(), data={"size": 32, "steps": 1})
+  assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+def test_page_cookie_and_headers(idle_app):
+  c = TestClient(idle_app)
+  r = c.get("/")
+  assert r.status_code == 200 and 'id="job-form"' in r.text
+  cookie = r.headers["set-cookie"]
+  assert "nst_client=" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+  assert "script-src 'self'" in r.headers["content-security-policy"]
+  assert c.get("/static/app.js").status_code == 200
+  # The page never puts user text into HTML: no innerHTML / insertAdjacentHTML / document.write.
+  script = c.get("/static/app.js").text
+  assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "document.write" not in script
+
+
+def test_openapi_schema(idle_app):
+  schema = TestClient(idle_app).get("/openapi.json").json()
+  paths = schema["paths"]
+  for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/result",
+               "/api/jobs/{job_id}/preview", "/api/jobs/{job_id}/cancel"):
+    assert path in paths, path
+  assert {"get", "post"} <= set(paths["/api/jobs"])
+  assert "delete" in paths["/api/jobs/{job_id}"]
+  assert "JobView" in schema["components"]["schemas"]
+
+
+def test_checkpoint_round_trip(tmp_path):
+  config = default.get_config()
+  optimizer = optimize.make_optimizer(config)
+  state = optimize.init_state(np.random.default_rng(0).uniform(size=(8, 6, 3)).astype(np.float32), optimizer)
+  state = state.replace(step=jnp.int32(7), opt_state=jax.tree.map(lambda x: x + 1, state.opt_state))
+  path = str(tmp_path / "c.npz")
+  checkpoints.save_state(path, state)
+  template = optimize.init_state(np.zeros((8, 6, 3), np.float32), optimizer)
+  restored = checkpoints.restore_state(path, template)
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  wrong = optimize.init_state(np.zeros((4, 4, 3), np.float32), optimizer)
+  with pytest.raises(Exception, match="does not match"):
+    checkpoints.restore_state(path, wrong)
+
+
+def test_batch_key_groups_compatible_jobs():
+  job = lambda **o: {"height": 26, "width": 32, "steps": 10, "checkpoint_step": 0,
+                     "options": {"size": 32, "steps": 10, **o}}
+  key = worker_lib.batch_key
+  assert key(job(preset="faithful")) == key(job(preset="painterly", style_weight=3.0))  # Per-item weights.
+  assert key(job()) != key(job(optimizer="rmsprop"))
+  assert key(job()) != {**job(), "height": 20} and key(job()) != key({**job(), "checkpoint_step": 5})
+
+
+@pytest.mark.slow
+def test_graceful_stop_checkpoints_and_requeues(tmp_path):
+  """Stopping the app (Ctrl-C / SIGTERM path) checkpoints the running job; the next app finishes it."""
+  make = lambda: create_app(data_dir=str(tmp_path), weights=WEIGHTS, rate_limit=0, batch_wait=0,
+                            checkpoint_every=None)  # Only the stop itself checkpoints.
+  with TestClient(make(), headers={"X-NST-Client": "graceful-stop-token-0001"}) as c:
+    job = c.post("/api/jobs", files=_files(), data={"size": 32, "steps": 25}).json()
+    wait_for(_get(c, job["id"]), condition=lambda j: j["step"] >= 2)
+  app = make()
+  stopped = app.state.store.get(job["id"])
+  assert stopped["status"] == "queued" and 2 <= stopped["checkpoint_step"] < 25
+  assert os.path.exists(app.state.store.checkpoint_path(job["id"], stopped["checkpoint_step"]))
+  with TestClient(app, headers={"X-NST-Client": "graceful-stop-token-0001"}) as c:
+    done = wait_for(_get(c, job["id"]))
+  assert done["status"] == "done" and done["resumed_from"] == stopped["checkpoint_step"]
+  assert not [n for n in os.listdir(app.state.store.job_dir(job["id"])) if n.startswith("checkpoint")]
+
+
+@pytest.mark.slow
+def test_restart_resumes_running_job(tmp_path):
+  """Submit, kill the server (SIGKILL) after a checkpoint, start it again: the job finishes from there."""
+  port = free_port()
+  base = f"http://127.0.0.1:{port}"
+  command = [sys.executable, "-m", "nst_jax.commands.serve", "--port", str(port), "--data_dir",
+             str(tmp_path / "data"), "--weights", "random", "--checkpoint_every", "0.3", "--rate_limit", "0",
+             "--batch_wait", "0", "--log_level", "warning"]
+  # A private compilation cache: the restarted server reuses the first one's compiled programs.
+  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+         "JAX_PLATFORMS": "cpu", "NST_JAX_HOME": str(tmp_path / "home")}
+
+  def start():
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+      try:
+        httpx.get(base + "/api/config", timeout=1)
+        return proc
+      except httpx.TransportError:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    raise AssertionError("server did not start")
+
+  proc = start()
+  http = httpx.Client(base_url=base, headers={"X-NST-Client": "restart-test-token-0123456789"}, timeout=10)
+  try:
+    job = http.post("/api/jobs", files=_files(), data={"size": 32, "steps": 30}).json()
+    get = lambda: http.get(f"/api/jobs/{job['id']}").json()
+    before = wait_for(get, condition=lambda j: j["checkpoint_step"] > 0, timeout=90)
+    assert before["status"] == "running" and before["step"] < 30
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    proc = start()
+    after = wait_for(get, timeout=120)
+    assert after["status"] == "done" and after["step"] == 30
+    assert after["resumed_from"] >= before["checkpoint_step"] > 0
+    image = Image.open(io.BytesIO(http.get(after["result_url"]).content))
+    assert image.size == (32, 26)
+    losses = http.get(f"/api/jobs/{job['id']}/losses").json()
+    assert losses[-1]["step"] == 30
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    try:
+      proc.wait(20)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+
+
+@pytest.mark.slow
+def test_load_twenty_concurrent_jobs_batched(tmp_path):
+  """20 browsers submit at once: all jobs finish, none lost, fewer compiled steps than jobs."""
+  app = create_app(data_dir=str(tmp_path), weights=WEIGHTS, rate_limit=0, max_batch=8, batch_wait=1.0,
+                   checkpoint_every=5.0)
+  with live_server(app) as base:
+    clients = [httpx.Client(base_url=base, timeout=60) for _ in range(20)]
+
+    def submit(i):
+      r = clients[i].post("/api/jobs", files=_files(png_bytes(i)), data={"size": 32, "steps": 4})
+      assert r.status_code == 201, r.text
+      return r.json()["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+      ids = list(pool.map(submit, range(20)))
+    assert len(set(ids)) == 20
+    for c, job_id in zip(clients, ids):
+      job = wait_for(lambda: c.get(f"/api/jobs/{job_id}").json(), timeout=170)
+      assert job["status"] == "done", job
+      assert [j["id"] for j in c.get("/api/jobs").json()] == [job_id]
+      assert Image.open(io.BytesIO(c.get(job["result_url"]).content)).size == (32, 26)
+    stats = clients[0].get("/api/stats").json()
+    for c in clients:
+      c.close()
+  assert stats["jobs"] == {"done": 20}
+  assert 1 <= stats["compiled_steps"] < 20 and stats["batches_run"] < 20

@@ -178,7 +178,8 @@ def _read_state_dict(path: str) -> dict:
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for bad files.
-    raise NstJaxError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]  # torch's messages run to pages.
+    raise NstJaxError(f"{path}: not a readable PyTorch checkpoint ({first_line})") from None
   return {k: v.numpy() for k, v in state.items()}
 
 

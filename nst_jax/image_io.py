@@ -42,7 +42,7 @@ def _to_rgb_float(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def open_image(source, *, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
+def open_image(source, *, max_pixels: int | None = None) -> np.ndarray:
   """Decodes an image file (path or file object) into float32 `[H, W, 3]` RGB in [0, 1].
 
   Raises:
@@ -50,6 +50,7 @@ def open_image(source, *, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
       `max_pixels` decoded pixels.
   """
   name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "upload")
+  max_pixels = MAX_INPUT_PIXELS if max_pixels is None else max_pixels  # Read at call time (patchable).
   if isinstance(source, (str, os.PathLike)):
     if not os.path.exists(source):
       raise NstJaxError(f"image file not found: {source}")

@@ -14,6 +14,7 @@ With no source, the cached converted Keras weights are used, downloaded and conv
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -285,7 +286,10 @@ def download(remote: RemoteFile, dest_dir: str | None = None, *, progress: bool 
 
 
 def default_weights(*, progress: bool = True) -> vgg.VGGWeights:
-  """Cached converted Keras weights; converts a cached .h5, or downloads it, on first use."""
+  """Cached converted Keras weights; converts a cached .h5, or downloads it, on first use.
+
+  `$NST_JAX_WEIGHTS_URL`, if set, replaces the download URL (a mirror); size and md5 are still checked.
+  """
   converted = os.path.join(cache_dir(), CONVERTED_NAME)
   if os.path.exists(converted):
     return load_vgg19(converted)
@@ -296,7 +300,10 @@ def default_weights(*, progress: bool = True) -> vgg.VGGWeights:
     except NstJaxError as e:
       raise NstJaxError(_offline_help(KERAS_VGG19_NOTOP, f"the cached file failed its check: {e}")) from None
   else:
-    h5 = download(KERAS_VGG19_NOTOP, progress=progress)
+    remote = KERAS_VGG19_NOTOP
+    if os.environ.get("NST_JAX_WEIGHTS_URL"):  # A mirror (or, in tests, an unreachable address).
+      remote = dataclasses.replace(remote, url=os.environ["NST_JAX_WEIGHTS_URL"])
+    h5 = download(remote, progress=progress)
   weights = load_vgg19(h5)
   save_npz(converted, weights)
   return weights

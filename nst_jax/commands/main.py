@@ -18,3 +18,7 @@ def run() -> None:
     module.run([f"{argv[0]} {argv[1]}"] + argv[2:])
   else:
     importlib.import_module(SUBCOMMANDS["stylize"]).run(argv)
+
+
+if __name__ == "__main__":
+  run()

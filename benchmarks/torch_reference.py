@@ -105,7 +105,8 @@ def run(npz_path: str, size: int, steps: int, optimizer: str, *, content_layers=
     for k in style_layers:
       n, m = f[k].shape[1], f[k].shape[2] * f[k].shape[3]
       style_loss = style_loss + layer_weight * torch.sum((gram(f[k]) - style_targets[k]) ** 2) / (4.0 * n**2 * m**2)
-    tv = torch.sum((image[:, :, 1:] - image[:, :, :-1]) ** 2) + torch.sum((image[:, :, :, 1:] - image[:, :, :, :-1]) ** 2)
+    tv = (torch.sum((image[:, :, 1:] - image[:, :, :-1]) ** 2)
+          + torch.sum((image[:, :, :, 1:] - image[:, :, :, :-1]) ** 2))
     return content_weight * content_loss + style_weight * style_loss + tv_weight * tv
 
   image = to_tensor(content).clone().requires_grad_(True)

@@ -127,8 +127,8 @@ def main(argv):
     return
   sizes = [int(s) for s in FLAGS.sizes]
   print(f"settings: sizes={sizes} steps={FLAGS.steps} optimizer={FLAGS.optimizer} dtype={FLAGS.dtype} "
-        f"remat={FLAGS.remat} channels_last={FLAGS.channels_last} torch_threads={FLAGS.torch_threads} frameworks={','.join(FLAGS.frameworks)} "
-        f"seed={FLAGS.seed}")
+        f"remat={FLAGS.remat} channels_last={FLAGS.channels_last} torch_threads={FLAGS.torch_threads} "
+        f"frameworks={','.join(FLAGS.frameworks)} seed={FLAGS.seed}")
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"python {platform.python_version()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
         f"load average {os.getloadavg()[0]:.1f} (timings are only comparable on an idle machine)")
@@ -162,6 +162,9 @@ def main(argv):
   devices = {row["jax"].get("device") for row in results if "jax" in row and "device" in row["jax"]}
   if devices:
     print(f"jax device: {', '.join(sorted(devices))}")
+  threads = {row["torch_threads_used"] for row in results if "torch_threads_used" in row}
+  if threads:
+    print(f"torch threads: {', '.join(map(str, sorted(threads)))}")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(results, f, indent=1)

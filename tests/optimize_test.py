@@ -38,7 +38,8 @@ def test_each_optimizer_lowers_the_loss(random_weights, pair, name):
   targets = optimize.targets_from_config(random_weights, config, content, [style])
   if name == "sgd":  # Plain SGD's step scales with the gradient: pick lr from its size.
     state = stylizer.init_state(optimize.init_image("noise", content, seed=0))
-    grad = jax.grad(lambda x: optimize.make_loss_fn(stylizer.spec)(x, targets, random_weights)[0])(state.image)
+    grad = jax.jit(jax.grad(lambda x: optimize.make_loss_fn(stylizer.spec)(x, targets, random_weights)[0]))(
+        state.image)
     config.lr = float(1e-2 / np.abs(np.asarray(grad)).max())
     stylizer = optimize.Stylizer(config)
   state = stylizer.init_state(optimize.init_image(config.init, content, seed=0))

@@ -246,21 +246,8 @@ def verify_file(path: str, remote: RemoteFile) -> None:
     raise NstJaxError(f"{path} has md5 {md5}, expected {remote.md5} (corrupt or a different file)")
 
 
-def download(remote: RemoteFile, dest_dir: str | None = None, *, progress: bool = True,
-             timeout: float = 30.0) -> str:
-  """Downloads `remote` into the cache, resuming a partial `.part` file; verifies size and md5.
-
-  The file appears under its final name only once complete and verified (rename of the `.part` file).
-  Raises NstJaxError with instructions for offline use when the download or the check fails.
-  """
-  dest_dir = dest_dir or cache_dir()
-  os.makedirs(dest_dir, exist_ok=True)
-  final = os.path.join(dest_dir, remote.name)
-  partial = final + ".part"
-  have = os.path.getsize(partial) if os.path.exists(partial) else 0
-  if have > remote.size:
-    os.remove(partial)
-    have = 0
+def _fetch(remote: RemoteFile, partial: str, have: int, *, progress: bool, timeout: float) -> None:
+  """Appends `remote`'s bytes from offset `have` to `partial` (from 0 if the server ignores the range)."""
   request = urllib.request.Request(remote.url, headers={"Range": f"bytes={have}-"} if have else {})
   try:
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -276,6 +263,25 @@ def download(remote: RemoteFile, dest_dir: str | None = None, *, progress: bool 
   except (urllib.error.URLError, OSError, TimeoutError) as e:
     reason = getattr(e, "reason", None) or e
     raise NstJaxError(_offline_help(remote, f"download failed ({reason})")) from None
+
+
+def download(remote: RemoteFile, dest_dir: str | None = None, *, progress: bool = True,
+             timeout: float = 30.0) -> str:
+  """Downloads `remote` into the cache, resuming a partial `.part` file; verifies size and md5.
+
+  The file appears under its final name only once complete and verified (rename of the `.part` file).
+  Raises NstJaxError with instructions for offline use when the download or the check fails.
+  """
+  dest_dir = dest_dir or cache_dir()
+  os.makedirs(dest_dir, exist_ok=True)
+  final = os.path.join(dest_dir, remote.name)
+  partial = final + ".part"
+  have = os.path.getsize(partial) if os.path.exists(partial) else 0
+  if have > remote.size:
+    os.remove(partial)
+    have = 0
+  if have < remote.size:  # A complete `.part` (interrupted before the rename) is only verified.
+    _fetch(remote, partial, have, progress=progress, timeout=timeout)
   try:
     verify_file(partial, remote)
   except NstJaxError as e:

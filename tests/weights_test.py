@@ -169,13 +169,18 @@ PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes.
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
-  """Serves PAYLOAD at any path, honouring `Range: bytes=N-` with 206; records the ranges asked for."""
+  """Serves PAYLOAD at any path, honouring `Range: bytes=N-` with 206 (416 past the end) unless
+  `honour_range` is False; records the ranges asked for."""
   ranges: list = []
+  honour_range = True
 
   def do_GET(self):
-    header = self.headers.get("Range")
-    type(self).ranges.append(header)
+    header = self.headers.get("Range") if self.honour_range else None
+    type(self).ranges.append(self.headers.get("Range"))
     start = int(header.split("=")[1].rstrip("-")) if header else 0
+    if start >= len(PAYLOAD):
+      self.send_error(416)
+      return
     body = PAYLOAD[start:]
     self.send_response(206 if header else 200)
     if header:
@@ -190,7 +195,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-  _RangeHandler.ranges = []
+  _RangeHandler.ranges, _RangeHandler.honour_range = [], True
   httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
@@ -217,6 +222,20 @@ def test_download_resumes_partial_file(server, tmp_path):
   assert open(path, "rb").read() == PAYLOAD
   assert _RangeHandler.ranges == ["bytes=40000-"]
   assert not (tmp_path / "fake.h5.part").exists()
+
+
+def test_download_restarts_when_the_server_ignores_the_range(server, tmp_path):
+  _RangeHandler.honour_range = False
+  (tmp_path / "fake.h5.part").write_bytes(b"x" * 30_000)
+  path = weights_lib.download(_remote(server), str(tmp_path), progress=False)
+  assert open(path, "rb").read() == PAYLOAD
+
+
+def test_download_verifies_a_complete_part_file_without_fetching(server, tmp_path):
+  (tmp_path / "fake.h5.part").write_bytes(PAYLOAD)  # Interrupted between the last byte and the rename.
+  path = weights_lib.download(_remote(server), str(tmp_path), progress=False)
+  assert open(path, "rb").read() == PAYLOAD
+  assert _RangeHandler.ranges == []
 
 
 def test_download_bad_md5_leaves_no_file(server, tmp_path):

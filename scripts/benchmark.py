@@ -49,7 +49,6 @@ def peak_rss_mb() -> float:
 
 def run_jax(npz: str, size: int) -> dict:
   import jax
-  import jax.numpy as jnp
 
   from benchmarks.torch_reference import make_pair
   from nst_jax import optimize, weights as weights_lib

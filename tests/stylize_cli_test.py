@@ -60,9 +60,9 @@ def test_end_to_end_run_halves_the_loss(files, keras_h5):
   style = image_io.load_image(str(files / "style.png"), 64)
   targets = optimize.targets_from_config(vgg_weights, config, content, [style])
   stylizer = optimize.Stylizer(config)
-  start = float(stylizer.evaluate(jnp_image := optimize.init_image("noise", content, seed=0), targets,
-                                  vgg_weights)["total"])
-  assert jnp_image.shape == (48, 64, 3)
+  start_image = optimize.init_image("noise", content, seed=0)
+  assert start_image.shape == (48, 64, 3)
+  start = float(stylizer.evaluate(start_image, targets, vgg_weights)["total"])
   assert records[-1]["total"] < 0.5 * start, (start, records[-1]["total"])
   assert records[-1]["total"] < records[0]["total"]
 

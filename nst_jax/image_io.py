@@ -54,7 +54,7 @@ def _skimage_example(name: str) -> np.ndarray:
   return _to_rgb_float(Image.fromarray(np.asarray(getattr(data, name)())))
 
 
-def open_image(source, *, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
+def open_image(source, *, max_pixels: int | None = None) -> np.ndarray:
   """Decodes an image file (path or file object) into float32 `[H, W, 3]` RGB in [0, 1].
 
   `skimage:NAME` (e.g. `skimage:chelsea`) loads an example image that ships with scikit-image.
@@ -66,6 +66,7 @@ def open_image(source, *, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
   if isinstance(source, str) and source.startswith("skimage:"):
     return _skimage_example(source.split(":", 1)[1])
   name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "upload")
+  max_pixels = MAX_INPUT_PIXELS if max_pixels is None else max_pixels  # Read at call time (patchable).
   if isinstance(source, (str, os.PathLike)):
     if not os.path.exists(source):
       raise NstJaxError(f"image file not found: {source}")

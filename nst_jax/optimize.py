@@ -241,7 +241,10 @@ def init_image(kind: str, content: np.ndarray, style: np.ndarray | None = None, 
 
 def init_state(image: jax.typing.ArrayLike, optimizer: optax.GradientTransformation) -> StylizeState:
   image = jnp.asarray(image, jnp.float32)
-  return StylizeState(image=image, opt_state=optimizer.init(image), step=jnp.int32(0))
+  # Strong dtypes: optax's line-search info starts weakly typed, which would make the first step's output
+  # state differ in type from its input and the jitted step compile twice for one image shape.
+  opt_state = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), optimizer.init(image))
+  return StylizeState(image=image, opt_state=opt_state, step=jnp.int32(0))
 
 
 # ---- compiled engine and run loop --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ With no source, the cached converted Keras weights are used, downloaded and conv
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -178,7 +179,8 @@ def _read_state_dict(path: str) -> dict:
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for bad files.
-    raise NstJaxError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]  # torch's messages run to pages.
+    raise NstJaxError(f"{path}: not a readable PyTorch checkpoint ({first_line})") from None
   return {k: v.numpy() for k, v in state.items()}
 
 
@@ -244,21 +246,8 @@ def verify_file(path: str, remote: RemoteFile) -> None:
     raise NstJaxError(f"{path} has md5 {md5}, expected {remote.md5} (corrupt or a different file)")
 
 
-def download(remote: RemoteFile, dest_dir: str | None = None, *, progress: bool = True,
-             timeout: float = 30.0) -> str:
-  """Downloads `remote` into the cache, resuming a partial `.part` file; verifies size and md5.
-
-  The file appears under its final name only once complete and verified (rename of the `.part` file).
-  Raises NstJaxError with instructions for offline use when the download or the check fails.
-  """
-  dest_dir = dest_dir or cache_dir()
-  os.makedirs(dest_dir, exist_ok=True)
-  final = os.path.join(dest_dir, remote.name)
-  partial = final + ".part"
-  have = os.path.getsize(partial) if os.path.exists(partial) else 0
-  if have > remote.size:
-    os.remove(partial)
-    have = 0
+def _fetch(remote: RemoteFile, partial: str, have: int, *, progress: bool, timeout: float) -> None:
+  """Appends `remote`'s bytes from offset `have` to `partial` (from 0 if the server ignores the range)."""
   request = urllib.request.Request(remote.url, headers={"Range": f"bytes={have}-"} if have else {})
   try:
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -274,6 +263,25 @@ def download(remote: RemoteFile, dest_dir: str | None = None, *, progress: bool 
   except (urllib.error.URLError, OSError, TimeoutError) as e:
     reason = getattr(e, "reason", None) or e
     raise NstJaxError(_offline_help(remote, f"download failed ({reason})")) from None
+
+
+def download(remote: RemoteFile, dest_dir: str | None = None, *, progress: bool = True,
+             timeout: float = 30.0) -> str:
+  """Downloads `remote` into the cache, resuming a partial `.part` file; verifies size and md5.
+
+  The file appears under its final name only once complete and verified (rename of the `.part` file).
+  Raises NstJaxError with instructions for offline use when the download or the check fails.
+  """
+  dest_dir = dest_dir or cache_dir()
+  os.makedirs(dest_dir, exist_ok=True)
+  final = os.path.join(dest_dir, remote.name)
+  partial = final + ".part"
+  have = os.path.getsize(partial) if os.path.exists(partial) else 0
+  if have > remote.size:
+    os.remove(partial)
+    have = 0
+  if have < remote.size:  # A complete `.part` (interrupted before the rename) is only verified.
+    _fetch(remote, partial, have, progress=progress, timeout=timeout)
   try:
     verify_file(partial, remote)
   except NstJaxError as e:
@@ -284,7 +292,10 @@ def download(remote: RemoteFile, dest_dir: str | None = None, *, progress: bool 
 
 
 def default_weights(*, progress: bool = True) -> vgg.VGGWeights:
-  """Cached converted Keras weights; converts a cached .h5, or downloads it, on first use."""
+  """Cached converted Keras weights; converts a cached .h5, or downloads it, on first use.
+
+  `$NST_JAX_WEIGHTS_URL`, if set, replaces the download URL (a mirror); size and md5 are still checked.
+  """
   converted = os.path.join(cache_dir(), CONVERTED_NAME)
   if os.path.exists(converted):
     return load_vgg19(converted)
@@ -295,7 +306,10 @@ def default_weights(*, progress: bool = True) -> vgg.VGGWeights:
     except NstJaxError as e:
       raise NstJaxError(_offline_help(KERAS_VGG19_NOTOP, f"the cached file failed its check: {e}")) from None
   else:
-    h5 = download(KERAS_VGG19_NOTOP, progress=progress)
+    remote = KERAS_VGG19_NOTOP
+    if os.environ.get("NST_JAX_WEIGHTS_URL"):  # A mirror (or, in tests, an unreachable address).
+      remote = dataclasses.replace(remote, url=os.environ["NST_JAX_WEIGHTS_URL"])
+    h5 = download(remote, progress=progress)
   weights = load_vgg19(h5)
   save_npz(converted, weights)
   return weights

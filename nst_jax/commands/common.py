@@ -8,7 +8,7 @@ import sys
 import warnings
 from typing import Callable
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from nst_jax.errors import NstJaxError
 
@@ -46,8 +46,26 @@ def friendly_main(main: Callable[[list[str]], int | None]) -> Callable[[list[str
   return wrapped
 
 
+_HELP_ARGS = ("--help", "-help", "--helpshort", "-helpshort", "-?", "-h")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad flag is one `error: ...` line and exit 2 (absl prints two lines, FATAL)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
 def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
-  app.run(friendly_main(main), argv=argv)
+  argv = list(sys.argv if argv is None else argv)
+  if any(arg in _HELP_ARGS for arg in argv[1:]):
+    # absl's --help lists only __main__'s flags (none for `nst-jax` or `python -m ...main`) and exits 1.
+    module = sys.modules[main.__module__]
+    print((module.__doc__ or "").strip() + "\n\nflags:\n" + flags.FLAGS.module_help(module))
+    sys.exit(0)
+  app.run(friendly_main(main), argv=argv, flags_parser=_parse_flags)
 
 
 class MetricsLog:

@@ -1,0 +1,1 @@
+"""Benchmark helpers (not part of the installed package)."""

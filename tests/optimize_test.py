@@ -1,0 +1,189 @@
+"""The optimisation engine: every optimizer lowers the loss, one compilation per shape, [0, 1] images."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import make_image, make_style
+from nst_jax import optimize
+from nst_jax.configs import default
+from nst_jax.errors import NstJaxError
+
+LR = {"adam": 0.02, "adagrad": 0.05, "rmsprop": 0.005, "sgd": None, "lbfgs": None}
+
+
+def small_config(**overrides):
+  config = default.get_config()
+  config.style_layers = ("relu1_1", "relu2_1", "relu3_1")
+  config.content_layers = ("relu3_1",)
+  config.style_weight = 1e4
+  config.tv_weight = 1e-3
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def pair():
+  return make_image(32, 32, seed=0), make_style(40, 40, seed=1)
+
+
+@pytest.mark.parametrize("name", optimize.OPTIMIZERS)
+def test_each_optimizer_lowers_the_loss(random_weights, pair, name):
+  content, style = pair
+  config = small_config(optimizer=name, lr=LR[name], init="noise", steps=8)
+  stylizer = optimize.Stylizer(config)
+  targets = optimize.targets_from_config(random_weights, config, content, [style])
+  if name == "sgd":  # Plain SGD's step scales with the gradient: pick lr from its size.
+    state = stylizer.init_state(optimize.init_image("noise", content, seed=0))
+    grad = jax.jit(jax.grad(lambda x: optimize.make_loss_fn(stylizer.spec)(x, targets, random_weights)[0]))(
+        state.image)
+    config.lr = float(1e-2 / np.abs(np.asarray(grad)).max())
+    stylizer = optimize.Stylizer(config)
+  state = stylizer.init_state(optimize.init_image(config.init, content, seed=0))
+  start = float(stylizer.evaluate(state.image, targets, random_weights)["total"])
+  records = []
+  state = stylizer.run(state, targets, random_weights, config.steps, log_every=4,
+                       callbacks=[lambda step, s, m: records.append((step, m))])
+  end = float(stylizer.evaluate(state.image, targets, random_weights)["total"])
+  assert end < 0.9 * start, (name, start, end)
+  image = np.asarray(state.image)
+  assert image.min() >= 0.0 and image.max() <= 1.0
+  assert int(state.step) == config.steps
+  logged = [(step, m) for step, m in records if m is not None]
+  assert [step for step, _ in logged] == [4, 8]
+  assert set(logged[-1][1]) >= {"total", "content", "style", "tv", "seconds", "steps_per_second"}
+  np.testing.assert_allclose(logged[-1][1]["total"], end, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "lbfgs"])
+def test_step_compiles_once_per_shape(random_weights, name):
+  config = small_config(optimizer=name)
+  stylizer = optimize.Stylizer(config)
+
+  def run(size, steps):
+    content, style = make_image(size, size), make_style(size, size)
+    targets = optimize.targets_from_config(random_weights, config, content, [style])
+    state = stylizer.init_state(content)
+    for _ in range(steps):
+      state, _ = stylizer.step(state, targets, random_weights)
+    jax.block_until_ready(state)
+
+  run(32, 5)
+  assert stylizer.step._cache_size() == 1
+  run(32, 2)  # New targets and weights values, same shapes: no recompilation.
+  assert stylizer.step._cache_size() == 1
+  run(24, 2)
+  assert stylizer.step._cache_size() == 2
+
+
+def test_run_continues_from_state_step(random_weights, pair):
+  content, style = pair
+  config = small_config(steps=4)
+  stylizer = optimize.Stylizer(config)
+  targets = optimize.targets_from_config(random_weights, config, content, [style])
+  seen = []
+  state = stylizer.run(stylizer.init_state(content), targets, random_weights, 2,
+                       callbacks=[lambda step, s, m: seen.append(step)])
+  state = stylizer.run(state, targets, random_weights, 4, callbacks=[lambda step, s, m: seen.append(step)])
+  assert seen == [1, 2, 3, 4]
+  assert int(state.step) == 4
+
+
+def test_init_kinds(pair):
+  content, style = pair
+  np.testing.assert_array_equal(optimize.init_image("content", content), content)
+  noise = optimize.init_image("noise", content, seed=3)
+  assert noise.shape == content.shape and noise.dtype == np.float32
+  assert 0.0 <= noise.min() and noise.max() <= 1.0 and noise.std() > 0.2
+  np.testing.assert_array_equal(noise, optimize.init_image("noise", content, seed=3))
+  assert not np.array_equal(noise, optimize.init_image("noise", content, seed=4))
+  from_style = optimize.init_image("style", content, style)
+  assert from_style.shape == content.shape
+  assert abs(from_style.mean() - style.mean()) < 0.05
+  with pytest.raises(NstJaxError):
+    optimize.init_image("style", content, None)
+  with pytest.raises(NstJaxError):
+    optimize.init_image("zeros", content)
+
+
+def test_style_target_independent_of_style_image_size(random_weights):
+  config = small_config()
+  spec = optimize.loss_spec_from_config(config)
+  content = make_image(32, 32)
+  patch = make_style(16, 16, seed=2)  # One texture tile: the small and large styles repeat it seamlessly.
+  small, large = np.tile(patch, (4, 4, 1)), np.tile(patch, (8, 8, 1))  # 64 px and 128 px.
+  kw = dict(content_weight=1.0, style_weight=1.0, tv_weight=0.0)
+  a = optimize.make_targets(random_weights, spec, content, [small], **kw).style_grams
+  b = optimize.make_targets(random_weights, spec, content, [large], **kw).style_grams
+  for name in spec.style_layers:
+    ratio = np.linalg.norm(np.asarray(a[name]) - np.asarray(b[name])) / np.linalg.norm(np.asarray(b[name]))
+    assert ratio < 0.15, (name, ratio)  # Zero-padding borders weigh more in the small image.
+    # Without the rescaling the Grams would differ by the 4x ratio of positions.
+    assert 0.85 < np.linalg.norm(a[name]) / np.linalg.norm(b[name]) < 1.18
+
+
+def test_blend_weights(random_weights):
+  config = small_config()
+  spec = optimize.loss_spec_from_config(config)
+  content = make_image(32, 32)
+  style_a, style_b = make_style(32, 32, seed=1), make_image(40, 40, seed=9)
+  kw = dict(content_weight=1.0, style_weight=1.0, tv_weight=0.0)
+  single = optimize.make_targets(random_weights, spec, content, [style_a], **kw).style_grams
+  blend_10 = optimize.make_targets(random_weights, spec, content, [style_a, style_b],
+                                   style_blend_weights=(1.0, 0.0), **kw).style_grams
+  other = optimize.make_targets(random_weights, spec, content, [style_b], **kw).style_grams
+  half = optimize.make_targets(random_weights, spec, content, [style_a, style_b],
+                               style_blend_weights=(2.0, 2.0), **kw).style_grams
+  for name in spec.style_layers:
+    np.testing.assert_allclose(blend_10[name], single[name], rtol=1e-6)
+    np.testing.assert_allclose(half[name], 0.5 * (single[name] + other[name]), rtol=1e-5)
+  for bad in [(1.0,), (-1.0, 2.0), (0.0, 0.0)]:
+    with pytest.raises(NstJaxError, match="blend"):
+      optimize.make_targets(random_weights, spec, content, [style_a, style_b], style_blend_weights=bad, **kw)
+
+
+def test_stylize_api(random_weights):
+  content, style = make_image(24, 32), make_style(32, 32)
+  config = small_config(steps=3)
+  out = optimize.stylize(content, style, config, weights=random_weights)
+  assert out.shape == content.shape and out.dtype == np.float32
+  assert 0.0 <= out.min() and out.max() <= 1.0
+  assert not np.array_equal(out, content)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("content_layers", ("relu4_9",), "relu4_9"),
+    ("style_layers", ("relu1_1", "conv0_1"), "conv0_1"),
+    ("style_layers", (), "no VGG19 layers"),
+    ("style_layer_weights", (1.0, 2.0), "style layer weights"),
+    ("style_layer_weights", (1.0, -2.0, 1.0), "non-negative"),
+    ("content_weight", -1.0, "content_weight"),
+    ("style_weight", float("nan"), "style_weight"),
+    ("tv_weight", -0.1, "tv_weight"),
+    ("lr", -0.5, "lr"),
+    ("lr", 0.0, "lr"),
+    ("optimizer", "newton", "optimizer"),
+    ("init", "zeros", "init"),
+    ("tv_kind", "l3", "tv_kind"),
+    ("pooling", "median", "pooling"),
+    ("steps", -1, "steps"),
+    ("max_size", 8, "max_size"),
+    ("max_size", 100000, "max_size"),
+])
+def test_validate_config_errors(field, value, message):
+  config = small_config()
+  config[field] = value
+  with pytest.raises(NstJaxError, match=message):
+    optimize.validate_config(config)
+
+
+def test_default_config_is_valid_and_matches_the_report():
+  config = default.get_config()
+  optimize.validate_config(config)
+  assert (config.max_size, config.adam_b1, config.adam_eps) == (512, 0.99, 0.1)
+  assert optimize.DEFAULT_LR["adam"] == 0.02
+  assert config.content_layers == ("relu4_2",)
+  assert config.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")

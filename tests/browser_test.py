@@ -61,7 +61,9 @@ def test_upload_submit_and_see_result(tmp_path):
 
       page.set_input_files("#content-input", files=[{"name": HOSTILE_NAME, "mimeType": "image/png",
                                                      "buffer": png_bytes(0, 40, 32)}])
-      assert page.is_visible("#content-thumb") and page.is_visible("#style-thumb")
+      # Thumbnails appear once the browser has decoded the files (asynchronous: wait, don't poll once).
+      page.wait_for_selector("#content-thumb", state="visible", timeout=30_000)
+      page.wait_for_selector("#style-thumb", state="visible", timeout=30_000)
       assert page.text_content("#content-name") == HOSTILE_NAME
       page.check("input[name=preset][value=painterly]")
       page.click("#advanced summary")

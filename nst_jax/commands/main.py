@@ -8,6 +8,8 @@ import sys
 # Sub-command name -> module with a `run(argv)` function.
 SUBCOMMANDS = {
     "stylize": "nst_jax.commands.stylize",
+    "batch": "nst_jax.commands.batch",
+    "experiments": "nst_jax.commands.experiments",
 }
 
 
@@ -18,3 +20,7 @@ def run() -> None:
     module.run([f"{argv[0]} {argv[1]}"] + argv[2:])
   else:
     importlib.import_module(SUBCOMMANDS["stylize"]).run(argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -150,7 +150,7 @@ def combinations(contents: dict[str, np.ndarray], styles: dict[str, np.ndarray],
 
 
 def _losses(result: batch.Result) -> dict:
-  return {k: result.metrics[k] for k in ("total", "content", "style", "tv")}
+  return {f"{k}_loss": result.metrics[k] for k in ("total", "content", "style", "tv")}
 
 
 def optimizers(content: np.ndarray, style: np.ndarray, config: ml_collections.ConfigDict,

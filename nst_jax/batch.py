@@ -208,6 +208,22 @@ class BatchStylizer:
       return list(items)
     return [dataclasses.replace(item, content=image_io.resize(item.content, self.resize_to)) for item in items]
 
+  def prepare(self, items: Sequence[Item], *, pad_size: int | None = None):
+    """`(stylizer, state, targets)` for one chunk: stacked `[B, ...]`, padded, sharded over the mesh."""
+    items = self._resized(items)
+    if len({bucket_key(item) for item in items}) != 1:
+      raise NstJaxError("a batch needs items of one bucket (same shape and static settings)")
+    stylizer = self.stylizer(items[0].config)
+    size = max(pad_size or len(items), len(items))
+    size = -(-size // self.num_devices) * self.num_devices
+    padded = pad_to(list(items), size)
+    targets = stack([optimize.targets_from_config(self.weights, item.config, item.content, item.styles,
+                                                  item.style_blend_weights) for item in padded])
+    images = stack([optimize.init_image(item.config.init, item.content, item.styles[0], seed=item.config.seed)
+                    for item in padded])
+    state = stylizer.init_state(shard_batch(images, self.mesh))
+    return stylizer, state, shard_batch(targets, self.mesh)
+
   def run_chunk(self, items: Sequence[Item], *, pad_size: int | None = None,
                 callbacks: Iterable[Callable[[int, optimize.StylizeState, Any], None]] = (),
                 initial_state: optimize.StylizeState | None = None) -> list[Result]:
@@ -215,26 +231,14 @@ class BatchStylizer:
 
     `pad_size` pads the batch (repeating the last item) so every chunk of a bucket has one shape.
     `initial_state` (a stacked, padded state, e.g. restored from a checkpoint) continues from its step.
-    Callbacks get `(step, state, losses [B] or metrics dict at logging steps)`, as `Stylizer.run`'s do.
+    Callbacks get `(step, state, metrics)` as `Stylizer.run`'s do; metrics (every `log_every` steps and at
+    the end, else None) hold arrays `[B_padded]`, one loss per item.
     """
-    items = self._resized(items)
-    keys = {bucket_key(item) for item in items}
-    if len(keys) != 1:
-      raise NstJaxError("run_chunk needs items of one bucket (same shape and static settings)")
-    config = items[0].config
-    stylizer = self.stylizer(config)
-    size = max(pad_size or len(items), len(items))
-    size = -(-size // self.num_devices) * self.num_devices
-    padded = pad_to(list(items), size)
-    targets = stack([optimize.targets_from_config(self.weights, item.config, item.content, item.styles,
-                                                  item.style_blend_weights) for item in padded])
-    targets = shard_batch(targets, self.mesh)
-    if initial_state is None:
-      images = stack([optimize.init_image(item.config.init, item.content, item.styles[0],
-                                          seed=item.config.seed) for item in padded])
-      state = stylizer.init_state(shard_batch(images, self.mesh))
-    else:
+    stylizer, state, targets = self.prepare(items, pad_size=pad_size)
+    size = state.image.shape[0]
+    if initial_state is not None:
       state = initial_state
+    config = items[0].config
     num_steps = int(config.steps)
     log_every = int(config.log_every)
     callbacks = list(callbacks)

@@ -149,3 +149,48 @@ def test_single_device_mesh_works_unchanged():
   with_mesh = batch.BatchStylizer(weights, mesh=batch.make_mesh(jax.devices()[:1])).run(items)
   without = batch.BatchStylizer(weights).run(items)
   np.testing.assert_allclose(with_mesh[0].image, without[0].image, atol=1e-6)
+
+
+_MULTIHOST_SCRIPT = r"""
+import json, sys, numpy as np, jax
+from nst_jax import batch, image_io, vgg
+batch.init_distributed(sys.argv[1], 2, int(sys.argv[2]))
+from skimage import data
+from nst_jax.configs import default
+config = default.get_config()
+config.max_size, config.steps, config.log_every = 32, 2, 100
+config.content_layers, config.style_layers = ("relu2_1",), ("relu1_1", "relu2_1")
+cat = image_io.resize_longest(data.chelsea().astype(np.float32) / 255, 32)
+coffee = image_io.resize_longest(data.coffee().astype(np.float32) / 255, 32)
+items = [batch.item_from_config(cat, coffee, config, style_weight=w) for w in (1e3, 1e4, 1e5)]
+weights = vgg.random_weights(0)
+sharded = batch.BatchStylizer(weights, mesh=batch.make_mesh()).run(items)
+plain = batch.BatchStylizer(weights).run(items)  # This process alone, one device.
+print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(),
+                  "diff": max(float(np.max(np.abs(a.image - b.image))) for a, b in zip(sharded, plain))}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_with_two_devices_each_match_unsharded():
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    address = f"localhost:{s.getsockname()[1]}"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  procs = [subprocess.Popen([sys.executable, "-c", _MULTIHOST_SCRIPT, address, str(i)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = []
+  try:
+    for proc in procs:
+      out, err = proc.communicate(timeout=600)
+      assert proc.returncode == 0, err[-3000:]
+      outputs.append(json.loads(out.strip().splitlines()[-1]))
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  for report in outputs:
+    assert report["processes"] == 2 and report["devices"] == 4
+    assert report["diff"] <= 1e-5

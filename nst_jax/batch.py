@@ -195,12 +195,17 @@ class BatchStylizer:
       self._stylizers[key] = optimize.Stylizer(config, batched=True)
     return self._stylizers[key]
 
-  def plan(self, items: Sequence[Item]) -> list[list[int]]:
-    """Buckets cut into chunks: each inner list is the item indices of one compiled call."""
+  def plan(self, items: Sequence[Item]) -> list[tuple[list[int], int]]:
+    """Buckets cut into chunks: `(item indices, padded size)` per compiled call.
+
+    Every chunk of a bucket gets the same padded size (its largest chunk, rounded up to a multiple of the
+    device count), so a bucket compiles once.
+    """
     chunks = []
     for bucket in plan_buckets(self._resized(items)):
       size = self.batch_size or len(bucket)
-      chunks.extend(bucket[i:i + size] for i in range(0, len(bucket), size))
+      padded = -(-min(size, len(bucket)) // self.num_devices) * self.num_devices
+      chunks.extend((bucket[i:i + size], padded) for i in range(0, len(bucket), size))
     return chunks
 
   def _resized(self, items: Sequence[Item]) -> list[Item]:
@@ -261,27 +266,18 @@ class BatchStylizer:
     return [Result(image=images[i], metrics={k: float(np.asarray(v)[i]) for k, v in final.items()},
                    losses=curve[i].tolist(), seconds=seconds) for i in range(len(items))]
 
-  def run(self, items: Sequence[Item], *, on_chunk_start: Callable[[int, int, list[int]], Any] | None = None,
-          callbacks_for: Callable[[list[int]], Iterable] | None = None) -> list[Result]:
+  def run(self, items: Sequence[Item], *, callbacks_for: Callable[[list[int]], Iterable] | None = None
+          ) -> list[Result]:
     """Every item, bucket by bucket: `Result`s in the order of `items`.
 
-    `on_chunk_start(chunk_number, num_chunks, indices)` and `callbacks_for(indices)` let a command draw a
-    progress bar per batch.
+    `callbacks_for(indices)` gives the run-loop callbacks for one chunk (e.g. a progress bar per batch).
     """
     items = list(items)
     results: list[Result | None] = [None] * len(items)
-    chunks = self.plan(items)
-    bucket_sizes = {}
-    for chunk in chunks:
-      key = bucket_key(self._resized([items[chunk[0]]])[0])
-      bucket_sizes[key] = max(bucket_sizes.get(key, 0), len(chunk))
-    for number, chunk in enumerate(chunks):
-      if on_chunk_start is not None:
-        on_chunk_start(number, len(chunks), chunk)
-      key = bucket_key(self._resized([items[chunk[0]]])[0])
+    for chunk, padded in self.plan(items):
       callbacks = callbacks_for(chunk) if callbacks_for is not None else ()
-      for index, result in zip(chunk, self.run_chunk([items[i] for i in chunk], pad_size=bucket_sizes[key],
-                                                     callbacks=callbacks)):
+      chunk_results = self.run_chunk([items[i] for i in chunk], pad_size=padded, callbacks=callbacks)
+      for index, result in zip(chunk, chunk_results):
         results[index] = result
     return results
 

@@ -70,11 +70,11 @@ def test_batched_equals_single_and_compiles_once_per_bucket():
   config = tiny_config()
   items = [batch.item_from_config(cat, coffee, config),
            batch.item_from_config(cat, coffee, config, style_weight=1e5, content_weight=2.0),
-           batch.item_from_config(cat, square, config, tv_weight=1.0, init="noise", seed=3),
+           batch.item_from_config(cat, square, config, tv_weight=1.0, seed=3),
            batch.item_from_config(square, coffee, config)]
   runner = batch.BatchStylizer(weights, batch_size=2)
   # Bucket 32x48 has 3 items -> chunks of 2 and 1 (padded to 2); bucket 32x32 one chunk.
-  assert runner.plan(items) == [[0, 1], [2], [3]]
+  assert runner.plan(items) == [([0, 1], 2), ([2], 2), ([3], 1)]
   results = runner.run(items)
   stylizer = runner.stylizer(config)
   assert stylizer.step._cache_size() == 2  # One compilation per bucket shape, not per chunk.

@@ -36,7 +36,8 @@ def check_outputs(folder, figures, rows):
   with open(os.path.join(folder, "results.csv")) as f:
     table = list(csv.DictReader(f))
   assert len(table) == len(rows)
-  page = open(os.path.join(folder, "report.html")).read()
+  with open(os.path.join(folder, "report.html")) as f:
+    page = f.read()
   for name in figures:
     assert f"src='{name}'" in page
   for row in table:  # Every result image exists and is linked from the table.

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import pytest
 from PIL import Image
 from skimage import data

@@ -11,13 +11,13 @@ by its number and skipped, the others still run, and the exit status is 1 if any
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
+import jax
 from absl import flags
 
-from nst_jax import batch, manifest, weights as weights_lib
+from nst_jax import batch, image_io, manifest, weights as weights_lib
 from nst_jax.commands import common
 from nst_jax.commands import stylize  # Defines the config flags every row starts from.
 from nst_jax.errors import NstJaxError
@@ -62,7 +62,7 @@ def main(argv):
     if FLAGS[name].present:
       raise NstJaxError(f"--{name} does not apply to batch jobs: put it in the manifest")
   batch.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  writer = batch.jax.process_index() == 0
+  writer = jax.process_index() == 0
   base = stylize.config_from_flags()
   rows = manifest.load_rows(FLAGS.manifest, base, overwrite=FLAGS.overwrite)
   for row in rows:
@@ -80,28 +80,26 @@ def main(argv):
     print(f"{len(todo)} picture(s) in {len(chunks)} batch(es) on {runner.num_devices} device(s); "
           f"{sum(r.skipped for r in rows)} already done, {sum(r.error is not None for r in rows)} bad")
     start = time.perf_counter()
-    for number, chunk in enumerate(chunks):
+    for number, (chunk, padded) in enumerate(chunks):
       first = items[chunk[0]]
       h, w = first.content.shape[:2]
       desc = f"batch {number + 1}/{len(chunks)} ({len(chunk)} x {w}x{h})"
       progress, bar = common.progress_callback(int(first.config.steps), desc=desc, disable=not FLAGS.progress)
 
-      def callback(step, state, metrics, progress=progress):
+      def callback(step, state, metrics, progress=progress, n=len(chunk)):
         if metrics is not None:
-          metrics = {k: float(metrics[k][:len(chunk)].mean()) for k in ("total", "content", "style", "tv")}
+          metrics = {k: float(metrics[k][:n].mean()) for k in ("total", "content", "style", "tv")}
         progress(step, state, metrics)
 
       try:
-        chunk_results = runner.run_chunk([items[i] for i in chunk], callbacks=[callback],
-                                         pad_size=max(len(c) for c in chunks
-                                                      if batch.bucket_key(items[c[0]]) == batch.bucket_key(first)))
+        chunk_results = runner.run_chunk([items[i] for i in chunk], callbacks=[callback], pad_size=padded)
       finally:
         bar.close()
       for index, result in zip(chunk, chunk_results):
         row = todo[index]
         if writer:
           try:
-            batch.image_io.save_image(row.output, result.image)
+            image_io.save_image(row.output, result.image)
           except NstJaxError as e:
             row.error = str(e)
             continue

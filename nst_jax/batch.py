@@ -144,9 +144,9 @@ def pad_to(items: list, size: int) -> list:
 # ---- buckets -----------------------------------------------------------------------------------------------
 
 
-def static_key(config: ml_collections.ConfigDict) -> str:
-  """Everything in `config` that must be equal within one compiled batch (all but PER_ITEM_FIELDS)."""
-  fields = {k: v for k, v in config.to_dict().items() if k not in PER_ITEM_FIELDS}
+def static_key(config: ml_collections.ConfigDict, ignore: Sequence[str] = ()) -> str:
+  """Everything in `config` that must be equal within one batch (all but PER_ITEM_FIELDS and `ignore`)."""
+  fields = {k: v for k, v in config.to_dict().items() if k not in PER_ITEM_FIELDS and k not in ignore}
   return json.dumps(fields, sort_keys=True, default=str)
 
 
@@ -189,8 +189,11 @@ class BatchStylizer:
     return 1 if self.mesh is None else self.mesh.size
 
   def stylizer(self, config: ml_collections.ConfigDict) -> optimize.Stylizer:
-    """The batched Stylizer for this static config (created once, so compilations are reused)."""
-    key = static_key(config)
+    """The batched Stylizer for this static config (created once, so compilations are reused).
+
+    Buckets that differ only in their step count share one Stylizer and so one compiled step per shape.
+    """
+    key = static_key(config, ignore=("steps", "log_every"))
     if key not in self._stylizers:
       self._stylizers[key] = optimize.Stylizer(config, batched=True)
     return self._stylizers[key]

@@ -37,8 +37,9 @@ from nst_jax.errors import NstJaxError
 
 PyTree = Any
 BATCH_AXIS = "batch"
-# Config fields that may differ between items of one batch (they live in `Targets` or the initial image).
-PER_ITEM_FIELDS = ("content_weight", "style_weight", "tv_weight", "seed")
+# Config fields that may differ between items of one batch (they live in `Targets` or the initial image;
+# max_size only decides the content's shape, which is part of the bucket key itself).
+PER_ITEM_FIELDS = ("content_weight", "style_weight", "tv_weight", "seed", "max_size")
 
 
 @dataclasses.dataclass

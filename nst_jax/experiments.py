@@ -119,8 +119,28 @@ def _settings(config: ml_collections.ConfigDict) -> dict:
                                  "tv_weight", "init")}
 
 
+# Progress bars per batch (the command turns them off with --noprogress).
+SHOW_PROGRESS = True
+
+
 def _run(items, weights, batch_size):
-  return batch.BatchStylizer(weights, batch_size=batch_size).run(items)
+  """Runs `items` batched by bucket, with a progress bar per compiled batch."""
+  from tqdm import tqdm
+
+  def callbacks_for(chunk):
+    first = items[chunk[0]]
+    h, w = first.content.shape[:2]
+    bar = tqdm(total=int(first.config.steps), desc=f"{len(chunk)} x {w}x{h} {first.config.optimizer}",
+               unit="step", leave=False, disable=not SHOW_PROGRESS, dynamic_ncols=True)
+
+    def callback(step, state, metrics):
+      bar.update(step - bar.n)
+      if bar.n >= bar.total:
+        bar.close()
+
+    return [callback]
+
+  return batch.BatchStylizer(weights, batch_size=batch_size).run(items, callbacks_for=callbacks_for)
 
 
 def combinations(contents: dict[str, np.ndarray], styles: dict[str, np.ndarray],

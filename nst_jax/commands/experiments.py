@@ -99,6 +99,7 @@ def main(argv):
   content = image_io.load_image(FLAGS.content, config.max_size) if FLAGS.content else next(iter(contents.values()))
   style = image_io.load_image(FLAGS.style[0], config.max_size) if FLAGS.style else next(iter(styles.values()))
   common.enable_compilation_cache(FLAGS.compilation_cache)
+  experiments.SHOW_PROGRESS = FLAGS.progress
   weights = weights_lib.load_vgg19(FLAGS.weights)
   for name in FLAGS.experiment:
     folder = os.path.join(FLAGS.out_dir, name)

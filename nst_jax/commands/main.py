@@ -11,6 +11,8 @@ SUBCOMMANDS = {
     "convert_weights": "nst_jax.commands.convert_weights",
     "report": "nst_jax.commands.report",
     "serve": "nst_jax.commands.serve",
+    "batch": "nst_jax.commands.batch",
+    "experiments": "nst_jax.commands.experiments",
 }
 
 

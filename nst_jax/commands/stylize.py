@@ -22,7 +22,7 @@ from absl import flags
 
 from nst_jax import image_io, optimize, rundir, run as run_lib, weights as weights_lib
 from nst_jax.commands import common
-from nst_jax.configs import default
+from nst_jax.configs import default, presets
 from nst_jax.errors import NstJaxError
 
 _DEFAULTS = default.get_config()
@@ -69,6 +69,8 @@ flags.DEFINE_string("weights", None, "VGG19 weights: a Keras .h5, torchvision .p
 flags.DEFINE_enum("pooling", _DEFAULTS.pooling, ("max", "avg"), "VGG pooling.")
 flags.DEFINE_integer("log_every", _DEFAULTS.log_every, "Log losses every N steps.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_enum("preset", None, list(presets.PRESETS), "Named content/style balance "
+                  "(nst_jax/configs/presets.py); explicit weight flags override it.")
 flags.DEFINE_boolean("compilation_cache", True, "Keep compiled programs in the cache dir between runs.")
 
 
@@ -85,6 +87,9 @@ def config_from_flags():
   for name in ("max_size", "steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight",
                "tv_kind", "init", "seed", "pooling", "log_every"):
     config[name] = FLAGS[name].value
+  if FLAGS.preset:
+    explicit = [name for name in config.keys() if name in FLAGS and FLAGS[name].present]
+    presets.apply_preset(config, FLAGS.preset, keep=explicit)
   config.content_layers = tuple(FLAGS.content_layers)
   config.style_layers = tuple(FLAGS.style_layers)
   if FLAGS.style_layer_weights:

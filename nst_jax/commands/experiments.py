@@ -1,0 +1,125 @@
+"""Re-run the report's experiments: each writes images, results.csv and report.html into --out_dir/NAME.
+
+    nst-jax experiments --experiment combinations,ratios --out_dir runs/report --max_size 256 --steps 300
+
+Inputs: every image in --content_dir and --style_dir (default ../shared/data/content and
+../shared/data/styles beside the project checkout when present, else scikit-image's bundled pictures);
+the single-pair experiments use --content/--style, or the first image of each folder. Every `stylize` flag
+(--steps, --max_size, --weights, --style_weight, ...) sets the base config.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from nst_jax import experiments, image_io, weights as weights_lib
+from nst_jax.commands import common
+from nst_jax.commands import stylize  # Defines the config flags.
+from nst_jax.errors import NstJaxError
+
+_SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "..", "shared", "data")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("experiment", list(experiments.EXPERIMENTS),
+                  f"Experiments to run: {', '.join(experiments.EXPERIMENTS)}.")
+flags.DEFINE_string("out_dir", None, "Output folder; each experiment writes into a subfolder.")
+flags.DEFINE_string("content_dir", None, "Folder of content photos (default ../shared/data/content, "
+                    "else scikit-image's astronaut, chelsea, coffee).")
+flags.DEFINE_string("style_dir", None, "Folder of style paintings (default ../shared/data/styles, "
+                    "else scikit-image pictures as stand-ins).")
+flags.DEFINE_integer("max_images", 4, "Use at most this many contents and styles from each folder.")
+flags.DEFINE_integer("exp_batch_size", None, "Most pictures per compiled batch (default: all at once).")
+flags.DEFINE_list("optimizers", list(experiments.optimize.OPTIMIZERS), "Optimizers for 'optimizers'.")
+flags.DEFINE_list("ratios", ["1:20", "1:1", "20:1"], "Content:style weight multipliers for 'ratios'.")
+
+_BUILTIN_CONTENT = ("astronaut", "chelsea", "coffee")
+_BUILTIN_STYLE = ("hubble_deep_field", "immunohistochemistry", "rocket")
+
+
+def _folder_images(folder: str, max_size: int, limit: int) -> dict:
+  names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in
+                 (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"))
+  if not names:
+    raise NstJaxError(f"no images in {folder}")
+  return {os.path.splitext(n)[0]: image_io.load_image(os.path.join(folder, n), max_size) for n in names[:limit]}
+
+
+def _builtin_images(names, max_size: int) -> dict:
+  from skimage import data
+  images = {}
+  for name in names:
+    image = getattr(data, name)()
+    image = image.astype("float32") / (255.0 if image.dtype.kind == "u" else 1.0)
+    images[name] = image_io.resize_longest(image[..., :3], max_size)
+  return images
+
+
+def load_inputs(flag_dir: str | None, kind: str, builtins, max_size: int, limit: int) -> dict:
+  """`{name: [H, W, 3]}` from the flag's folder, the shared data folder, or scikit-image."""
+  folder = flag_dir or os.path.join(_SHARED, "content" if kind == "content" else "styles")
+  if flag_dir or os.path.isdir(folder):
+    if not os.path.isdir(folder):
+      raise NstJaxError(f"--{kind}_dir is not a folder: {folder}")
+    return _folder_images(folder, max_size, limit)
+  return _builtin_images(builtins[:limit], max_size)
+
+
+def _parse_ratios(values) -> list[tuple[float, float]]:
+  try:
+    pairs = [tuple(float(x) for x in v.split(":")) for v in values]
+  except ValueError:
+    pairs = []
+  if not pairs or any(len(p) != 2 or min(p) < 0 for p in pairs):
+    raise NstJaxError(f"--ratios must look like 1:20,1:1,20:1, got {','.join(values)}")
+  return pairs
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise NstJaxError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.out_dir:
+    raise NstJaxError("--out_dir is required (see --help)")
+  unknown = [e for e in FLAGS.experiment if e not in experiments.EXPERIMENTS]
+  if unknown:
+    raise NstJaxError(f"unknown experiment(s) {', '.join(unknown)}; expected {', '.join(experiments.EXPERIMENTS)}")
+  config = stylize.config_from_flags()
+  ratios = _parse_ratios(FLAGS.ratios)
+  bad = [o for o in FLAGS.optimizers if o not in experiments.optimize.OPTIMIZERS]
+  if bad:
+    raise NstJaxError(f"unknown optimizer(s) {', '.join(bad)}; expected {', '.join(experiments.optimize.OPTIMIZERS)}")
+  for name in FLAGS.experiment:
+    folder = os.path.join(FLAGS.out_dir, name)
+    if os.path.isdir(folder) and os.listdir(folder) and not FLAGS.overwrite:
+      raise NstJaxError(f"{folder} is not empty (pass --overwrite to replace its files)")
+  contents = load_inputs(FLAGS.content_dir, "content", _BUILTIN_CONTENT, config.max_size, FLAGS.max_images)
+  styles = load_inputs(FLAGS.style_dir, "style", _BUILTIN_STYLE, config.max_size, FLAGS.max_images)
+  content = image_io.load_image(FLAGS.content, config.max_size) if FLAGS.content else next(iter(contents.values()))
+  style = image_io.load_image(FLAGS.style[0], config.max_size) if FLAGS.style else next(iter(styles.values()))
+  common.enable_compilation_cache(FLAGS.compilation_cache)
+  experiments.SHOW_PROGRESS = FLAGS.progress
+  weights = weights_lib.load_vgg19(FLAGS.weights)
+  for name in FLAGS.experiment:
+    folder = os.path.join(FLAGS.out_dir, name)
+    print(f"experiment {name} -> {folder}")
+    if name == "combinations":
+      rows = experiments.combinations(contents, styles, config, weights, folder, batch_size=FLAGS.exp_batch_size)
+    elif name == "optimizers":
+      rows = experiments.optimizers(content, style, config, weights, folder, names=FLAGS.optimizers)
+    elif name == "ratios":
+      rows = experiments.ratios(content, style, config, weights, folder, multipliers=ratios,
+                                batch_size=FLAGS.exp_batch_size)
+    else:
+      rows = experiments.presets(content, style, config, weights, folder, batch_size=FLAGS.exp_batch_size)
+    print(f"  {len(rows)} picture(s); report: {os.path.join(folder, 'report.html')}")
+  return 0
+
+
+def run(argv=None):
+  common.run(main, argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,93 @@
+"""Each experiment at tiny size (32 px, 2 steps, random weights) writes its images, figures and report."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from nst_jax import experiments, image_io, vgg
+from nst_jax.configs import default
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(image, size=32):
+  return image_io.resize_longest(image.astype(np.float32) / 255.0, size)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = default.get_config()
+  config.max_size, config.steps, config.log_every = 32, 2, 100
+  config.content_layers, config.style_layers = ("relu2_1",), ("relu1_1", "relu2_1")
+  return config, vgg.random_weights(0)
+
+
+def check_outputs(folder, figures, rows):
+  for name in figures + ["report.html", "report.md", "results.csv"]:
+    assert os.path.getsize(os.path.join(folder, name)) > 0, name
+  for name in figures:
+    assert Image.open(os.path.join(folder, name)).size[0] > 50
+  with open(os.path.join(folder, "results.csv")) as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == len(rows)
+  with open(os.path.join(folder, "report.html")) as f:
+    page = f.read()
+  for name in figures:
+    assert f"src='{name}'" in page
+  for row in table:  # Every result image exists and is linked from the table.
+    assert os.path.exists(os.path.join(folder, row["image"]))
+    assert float(row["total_loss"]) > 0
+
+
+def test_combinations(tmp_path, setup):
+  config, weights = setup
+  square = {"astronaut": tiny(data.astronaut()), "coffee": tiny(data.coffee()[:400, :400])}
+  styles = {"hubble": tiny(data.hubble_deep_field()), "rocket": tiny(data.rocket())}
+  rows = experiments.combinations(square, styles, config, weights, str(tmp_path))
+  assert [(r["content"], r["style"]) for r in rows] == [(c, s) for c in square for s in styles]
+  check_outputs(str(tmp_path), ["combinations.png"], rows)
+
+
+def test_optimizers(tmp_path, setup):
+  config, weights = setup
+  rows = experiments.optimizers(tiny(data.chelsea()), tiny(data.coffee()), config, weights, str(tmp_path),
+                                names=("adam", "sgd"))
+  assert [r["optimizer"] for r in rows] == ["adam", "sgd"]
+  check_outputs(str(tmp_path), ["optimizers.png", "loss_curves.png"], rows)
+
+
+@pytest.mark.parametrize("name", ["ratios", "presets"])
+def test_weight_sweeps(tmp_path, setup, name):
+  config, weights = setup
+  rows = getattr(experiments, name)(tiny(data.chelsea()), tiny(data.coffee()), config, weights, str(tmp_path))
+  assert len(rows) == 3
+  if name == "ratios":
+    assert [r["style_weight"] / r["content_weight"] for r in rows] == [2e5, 1e4, 500.0]
+  check_outputs(str(tmp_path), [f"{name}.png"], rows)
+
+
+@pytest.mark.slow
+def test_experiments_command_with_all_optimizers(tmp_path):
+  for kind, image in (("content", data.chelsea()), ("style", data.coffee())):
+    os.makedirs(tmp_path / kind)
+    Image.fromarray(image).save(tmp_path / kind / f"{kind}.png")
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  out = subprocess.run([sys.executable, "scripts/experiments.py", "--experiment=optimizers",
+                        f"--out_dir={tmp_path / 'out'}", f"--content_dir={tmp_path / 'content'}",
+                        f"--style_dir={tmp_path / 'style'}", "--max_size=32", "--steps=2", "--weights=random",
+                        "--content_layers=relu2_1", "--style_layers=relu1_1,relu2_1", "--progress=false",
+                        "--compilation_cache=false"], env=env, capture_output=True, text=True, timeout=600,
+                       cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  folder = tmp_path / "out" / "optimizers"
+  for name in ("adam", "adagrad", "rmsprop", "sgd", "lbfgs"):
+    assert (folder / f"{name}.png").exists()
+  assert (folder / "loss_curves.png").exists() and (folder / "report.html").exists()
+  again = subprocess.run(out.args, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert again.returncode == 2 and "--overwrite" in again.stderr  # Never silently overwritten.

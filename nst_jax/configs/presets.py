@@ -22,6 +22,14 @@ PRESETS: dict[str, dict] = {
     "painterly": {"content_weight": 1.0, "style_weight": 2e5, "tv_weight": 1e-3},
 }
 
+DEFAULT_PRESET = "balanced"
+# One-line descriptions shown to users (the web page's preset cards).
+PRESET_DESCRIPTIONS = {
+    "faithful": "Keeps the photo recognisable, a light touch of the painting.",
+    "balanced": "An even mix of photo and painting.",
+    "painterly": "Strong brush strokes and colours of the painting.",
+}
+
 
 def get_preset(name: str) -> dict:
   """The override dict of preset `name` (a copy)."""

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from nst_jax import __version__, image_io, optimize
 from nst_jax.errors import NstJaxError
-from nst_jax.server import presets
+from nst_jax.configs import presets
 from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, valid_job_id
 from nst_jax.server.worker import Worker, job_config
 

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import image_io, optimize
-from nst_jax.configs import default
+from nst_jax.configs import default, presets
 from nst_jax.errors import NstJaxError
-from nst_jax.server import checkpoints, presets
+from nst_jax.server import checkpoints
 from nst_jax.server.jobs import JobStore
 
 log = logging.getLogger("nst_jax.server")
@@ -39,7 +39,7 @@ _STATIC_FIELDS = ("optimizer", "lr", "adam_b1", "adam_eps", "sgd_momentum", "lbf
 def job_config(options: dict):
   """The run config of a job: defaults, then the preset, then the job's own options (validated)."""
   config = default.get_config()
-  for key, value in presets.preset_overrides(options.get("preset", presets.DEFAULT_PRESET)).items():
+  for key, value in presets.get_preset(options.get("preset", presets.DEFAULT_PRESET)).items():
     config[key] = value
   for key in ("steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight", "seed", "init"):
     if options.get(key) is not None:

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from nst_jax import optimize, vgg
+from nst_jax.errors import NstJaxError
 from nst_jax.configs import default
 from nst_jax.server import checkpoints, worker as worker_lib
 from nst_jax.server.app import create_app
@@ -222,16 +223,16 @@ def test_checkpoint_round_trip(tmp_path):
   optimizer = optimize.make_optimizer(config)
   state = optimize.init_state(np.random.default_rng(0).uniform(size=(8, 6, 3)).astype(np.float32), optimizer)
   state = state.replace(step=jnp.int32(7), opt_state=jax.tree.map(lambda x: x + 1, state.opt_state))
-  path = str(tmp_path / "c.npz")
+  path = str(tmp_path / "checkpoints")
   checkpoints.save_state(path, state)
   template = optimize.init_state(np.zeros((8, 6, 3), np.float32), optimizer)
-  restored = checkpoints.restore_state(path, template)
+  restored = checkpoints.restore_state(path, 7, template)
   assert jax.tree.structure(restored) == jax.tree.structure(state)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   wrong = optimize.init_state(np.zeros((4, 4, 3), np.float32), optimizer)
-  with pytest.raises(Exception, match="does not match"):
-    checkpoints.restore_state(path, wrong)
+  with pytest.raises(NstJaxError, match="does not match"):
+    checkpoints.restore_state(path, 7, wrong)
 
 
 def test_batch_key_groups_compatible_jobs():
@@ -254,7 +255,7 @@ def test_graceful_stop_checkpoints_and_requeues(tmp_path):
   app = make()
   stopped = app.state.store.get(job["id"])
   assert stopped["status"] == "queued" and 2 <= stopped["checkpoint_step"] < 25
-  assert os.path.exists(app.state.store.checkpoint_path(job["id"], stopped["checkpoint_step"]))
+  assert os.path.isdir(os.path.join(app.state.store.checkpoint_dir(job["id"]), str(stopped["checkpoint_step"])))
   with TestClient(app, headers={"X-NST-Client": "graceful-stop-token-0001"}) as c:
     done = wait_for(_get(c, job["id"]))
   assert done["status"] == "done" and done["resumed_from"] == stopped["checkpoint_step"]

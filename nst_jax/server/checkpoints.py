@@ -1,37 +1,35 @@
-"""Saving and restoring one job's `StylizeState` (a small function pair, so it can be swapped for orbax).
+"""Saving and restoring one job's `StylizeState` with the project's orbax checkpoints (`nst_jax.checkpoint`).
 
-The state's leaves (image, optimizer state, step) are flattened with `jax.tree_util` and written with
-`np.savez` through `image_io.atomic_write` (temporary file + rename), so a crash mid-write leaves the
-previous checkpoint intact. Restoring needs a template state of the same structure (a fresh `init_state`).
+Each job keeps its checkpoints in `<job dir>/checkpoints/` (orbax step folders, the newest one kept), written
+synchronously so that the step recorded in the job database always exists on disk. A damaged checkpoint is
+detected by its digest; the job then starts again from step 0 rather than failing.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from nst_jax import image_io
+from nst_jax import checkpoint
 from nst_jax.errors import NstJaxError
 
 
-def save_state(path: str, state) -> None:
-  """Writes the leaves of `state` (a pytree of arrays, on host or device) to `path` atomically."""
-  leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(jax.device_get(state))]
-  with image_io.atomic_write(path) as f:
-    np.savez(f, *leaves)
+def save_state(directory: str, state) -> None:
+  """Writes `state` (one job's `StylizeState`, host or device arrays) as checkpoint `state.step`."""
+  with checkpoint.Checkpoints(directory, max_to_keep=1, async_save=False) as ckpt:
+    ckpt.save(int(state.step), state)
 
 
-def restore_state(path: str, template):
-  """Reads a state written by `save_state`; `template` gives the tree structure, shapes and dtypes."""
-  template_leaves, treedef = jax.tree_util.tree_flatten(template)
-  try:
-    with np.load(path) as data:
-      leaves = [data[f"arr_{i}"] for i in range(len(template_leaves))]
-  except (OSError, KeyError, ValueError) as e:
-    raise NstJaxError(f"unreadable checkpoint {path}: {e}") from None
-  for leaf, ref in zip(leaves, template_leaves):
-    if leaf.shape != np.shape(ref):
-      raise NstJaxError(f"checkpoint {path} does not match the job (shape {leaf.shape} vs {np.shape(ref)})")
-  return jax.tree_util.tree_unflatten(
-      treedef, [jnp.asarray(leaf, dtype=jnp.asarray(ref).dtype) for leaf, ref in zip(leaves, template_leaves)])
+def restore_state(directory: str, step: int, template):
+  """Reads checkpoint `step`; `template` (a fresh state of the same job) gives structure, shapes and dtypes.
+
+  Raises:
+    NstJaxError: the checkpoint is missing, unreadable or damaged.
+  """
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
+  with checkpoint.Checkpoints(directory, max_to_keep=1, async_save=False) as ckpt:
+    tree, _ = ckpt.restore(step, abstract)
+  for leaf, ref in zip(jax.tree.leaves(tree), jax.tree.leaves(abstract)):
+    if leaf.shape != ref.shape:
+      raise NstJaxError(f"checkpoint {step} in {directory} does not match the job "
+                        f"(shape {leaf.shape} vs {ref.shape})")
+  return jax.tree.map(jax.numpy.asarray, tree)

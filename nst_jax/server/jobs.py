@@ -6,7 +6,7 @@ connection; WAL lets the web handlers read while the worker writes.
 
 Files of job `id` live in `data_dir/jobs/<id>/`: `content.png`, `style.png` (decoded and resized inputs;
 the uploaded bytes and file names are never written), `preview.jpg`, `result.png`,
-`checkpoint-<step>.npz`. Job ids come from `secrets.token_urlsafe`, never from user input.
+`checkpoints/` (orbax). Job ids come from `secrets.token_urlsafe`, never from user input.
 """
 
 from __future__ import annotations
@@ -100,15 +100,12 @@ class JobStore:
   def path(self, job_id: str, name: str) -> str:
     return os.path.join(self.job_dir(job_id), name)
 
-  def checkpoint_path(self, job_id: str, step: int) -> str:
-    return self.path(job_id, f"checkpoint-{int(step)}.npz")
+  def checkpoint_dir(self, job_id: str) -> str:
+    return self.path(job_id, "checkpoints")
 
-  def remove_old_checkpoints(self, job_id: str, keep_step: int | None) -> None:
-    folder = self.job_dir(job_id)
-    for name in os.listdir(folder):
-      if name.startswith("checkpoint-") and name != f"checkpoint-{keep_step}.npz":
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(os.path.join(folder, name))
+  def remove_checkpoints(self, job_id: str) -> None:
+    """Deletes a finished or cancelled job's checkpoints (they are only needed to resume)."""
+    shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
 
   # ---- jobs -------------------------------------------------------------------------------------------------
 

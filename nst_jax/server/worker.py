@@ -173,7 +173,7 @@ class Worker:
     state = optimize.init_state(optimize.init_image(config.init, content, style, seed=config.seed),
                                 stylizer.optimizer)
     if job["checkpoint_step"] > 0:
-      state = checkpoints.restore_state(self.store.checkpoint_path(job["id"], job["checkpoint_step"]), state)
+      state = checkpoints.restore_state(self.store.checkpoint_dir(job["id"]), job["checkpoint_step"], state)
     return config, targets, state
 
   def _run_batch(self, jobs: list[dict]) -> None:
@@ -227,7 +227,7 @@ class Worker:
       image_io.save_image(self.store.path(job_id, "preview.jpg"), images[i])
       self.store.update_progress(job_id, int(config.steps), new_preview=True)
       self.store.finish(job_id, "done")
-      self.store.remove_old_checkpoints(job_id, None)
+      self.store.remove_checkpoints(job_id)
 
   def _write_previews(self, ids, state) -> None:
     images = np.asarray(jax.device_get(state.image))
@@ -239,21 +239,20 @@ class Worker:
     for i, job_id in enumerate(ids):
       item = jax.tree.map(lambda x: x[i], host)
       step = int(item.step)
-      checkpoints.save_state(self.store.checkpoint_path(job_id, step), item)
+      checkpoints.save_state(self.store.checkpoint_dir(job_id), item)
       self.store.set_checkpoint(job_id, step)
-      self.store.remove_old_checkpoints(job_id, step)
 
   def _interrupted(self, ids, state) -> None:
     cancelled = [j for j in ids if j in self._cancel]
     keep = [j for j in ids if j not in self._cancel]
     for job_id in cancelled:
       self.store.finish(job_id, "cancelled")
-      self.store.remove_old_checkpoints(job_id, None)
+      self.store.remove_checkpoints(job_id)
       self._cancel.discard(job_id)
     if keep:
       self._checkpoint(ids, state)  # Indices follow `ids`; the cancelled items' files are removed below.
       for job_id in cancelled:
-        self.store.remove_old_checkpoints(job_id, None)
+        self.store.remove_checkpoints(job_id)
       for job_id in keep:
         self.store.requeue(job_id)
     log.info("batch interrupted: %d cancelled, %d back in the queue", len(cancelled), len(keep))

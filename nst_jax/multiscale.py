@@ -132,7 +132,9 @@ def run(content: np.ndarray, styles: Sequence[np.ndarray], config: ml_collection
     `(image [H, W, 3], per_scale)` with one dict per scale: `scale`, `height`, `width`, `steps`, `remat`,
     `seconds` (wall time of that scale, compile and targets included) and its final losses.
   """
-  styles = [np.asarray(s, np.float32) for s in ([styles] if np.ndim(styles) == 3 else styles)]
+  if isinstance(styles, np.ndarray) and styles.ndim == 3:
+    styles = [styles]
+  styles = [np.asarray(s, np.float32) for s in styles]
   if not styles:
     raise NstJaxError("at least one style image is needed")
   validate(config, len(styles))

@@ -92,11 +92,14 @@ def carry_opt_state(old: optimize.PyTree, new: optimize.PyTree, old_shape: tuple
 
 
 def resize_style(style: np.ndarray, output_shape: tuple[int, int], style_scale: float) -> np.ndarray:
-  """The style image with its longest side `style_scale` times the output's longest side."""
+  """The style image with its longest side `style_scale` times the output's longest side (its short side at
+  least `image_io.MIN_SIZE`)."""
   if not np.isfinite(style_scale) or style_scale <= 0:
     raise NstJaxError(f"style_scale must be positive, got {style_scale}")
   longest = int(round(style_scale * max(output_shape)))
-  return image_io.resize_longest(np.asarray(style, np.float32), max(longest, image_io.MIN_SIZE))
+  # VGG19's fifth block needs at least MIN_SIZE pixels on the short side too.
+  floor = int(np.ceil(image_io.MIN_SIZE * max(style.shape[:2]) / min(style.shape[:2])))
+  return image_io.resize_longest(np.asarray(style, np.float32), max(longest, floor))
 
 
 def validate(config: ml_collections.ConfigDict, num_styles: int) -> None:

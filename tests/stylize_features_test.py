@@ -29,7 +29,8 @@ def _main(args):
 
 def test_config_from_flags_applies_preset_unless_flag_given():
   flags.FLAGS.unparse_flags()
-  flags.FLAGS(["stylize", "--preset=quality", "--scale_steps=3", "--style_blend_weights=1,2"])
+  flags.FLAGS(["stylize", "--preset=quality", "--scale_steps=3", "--style_blend_weights=1,2", "--style=a.png",
+               "--style=b.png"])
   try:
     config = stylize.config_from_flags()
   finally:

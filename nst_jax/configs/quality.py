@@ -2,9 +2,10 @@
 
     nst-jax --preset quality --content photo.jpg --style painting.jpg --output out.png
 
-Sizes 128, 181, 256, 362, 512 (factor sqrt(2), as in crowsonkb/style-transfer-pytorch); 50 L-BFGS
-iterations on each coarser scale and 100 at the final size. Flags given on the command line override these
-fields. See docs/quality-and-speed.md for when to use Adam instead (the report's recipe, batches, GPUs).
+Sizes 128, 181, 256, 362, 512 (factor sqrt(2), as in crowsonkb/style-transfer-pytorch); 40 L-BFGS
+iterations on each coarser scale and 80 at the final size (budget: about 8-9 minutes at 512 px on 2 CPU
+cores, from ~0.3 / 1.0 / 3.8 s per iteration at 128 / 256 / 512 px in PERF_NOTES, compilation included).
+Flags given on the command line override these fields. See docs/quality-and-speed.md for when to use Adam instead (the report's recipe, batches, GPUs).
 """
 
 import ml_collections
@@ -19,8 +20,8 @@ OVERRIDES = {
     "lbfgs_initial_guess": "one",
     "scale_start": 128,
     "scale_factor": 2 ** 0.5,
-    "scale_steps": 50,
-    "steps": 100,
+    "scale_steps": 40,
+    "steps": 80,
 }
 
 

@@ -144,10 +144,14 @@ def main(argv):
   def callbacks_for(scale):
     if bars:
       bars[-1].close()
-    desc = "stylizing" if scale.count == 1 else f"scale {scale.index + 1}/{scale.count} {scale.shape[1]}x{scale.shape[0]}"
+    desc = "stylizing"
+    if scale.count > 1:
+      desc = f"scale {scale.index + 1}/{scale.count} {scale.shape[1]}x{scale.shape[0]}"
     progress, bar = common.progress_callback(scale.steps, desc=desc, disable=not FLAGS.progress)
     bars.append(bar)
-    extra = {} if scale.count == 1 else {"scale": scale.index, "height": scale.shape[0], "width": scale.shape[1]}
+    extra = {}
+    if scale.count > 1:
+      extra = {"scale": scale.index, "height": scale.shape[0], "width": scale.shape[1]}
 
     def write_metrics(step, state, metrics):
       if metrics is not None:

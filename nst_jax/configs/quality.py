@@ -5,7 +5,8 @@
 Sizes 128, 181, 256, 362, 512 (factor sqrt(2), as in crowsonkb/style-transfer-pytorch); 40 L-BFGS
 iterations on each coarser scale and 80 at the final size (budget: about 8-9 minutes at 512 px on 2 CPU
 cores, from ~0.3 / 1.0 / 3.8 s per iteration at 128 / 256 / 512 px in PERF_NOTES, compilation included).
-Flags given on the command line override these fields. See docs/quality-and-speed.md for when to use Adam instead (the report's recipe, batches, GPUs).
+Flags given on the command line override these fields. See docs/quality-and-speed.md for when to use Adam
+instead (the report's recipe, batches, GPUs).
 """
 
 import ml_collections

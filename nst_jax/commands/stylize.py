@@ -111,6 +111,9 @@ def config_from_flags():
     raise NstJaxError(f"--log_every must be >= 1, got {config.log_every}")
   optimize.validate_config(config)
   multiscale.validate(config, len(FLAGS.style or ()))
+  if config.style_scale * config.max_size > image_io.MAX_SIZE:
+    raise NstJaxError(f"--style_scale {config.style_scale:g} x --max_size {config.max_size} is over the "
+                      f"{image_io.MAX_SIZE} px limit for the style image")
   return config
 
 

@@ -4,7 +4,7 @@
 
 Each child loads a square content and style image of the size, builds the targets, compiles and runs one
 step, and reports `ru_maxrss` (peak resident memory, compilation included) and its wall time. With
-`--remat auto` rematerialisation follows `remat_above_pixels` (default: on above 1024 x 1024).
+`--remat auto` rematerialisation follows the config's `remat_above_pixels` (default 0: off).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def child(size: int) -> None:
   config = default.get_config()
   config.optimizer, config.max_size, config.steps = FLAGS.optimizer, size, 1
   threshold = int(config.remat_above_pixels)
-  config.remat = {"on": True, "off": False, "auto": size * size > threshold}[FLAGS.remat]
+  config.remat = {"on": True, "off": False, "auto": 0 < threshold < size * size}[FLAGS.remat]
   weights = weights_lib.load_vgg19(FLAGS.weights)
   content = image_io.resize(data.chelsea().astype(np.float32) / 255.0, (size, size))
   style = image_io.resize(data.coffee().astype(np.float32) / 255.0, (size, size))

@@ -66,8 +66,9 @@ flags.DEFINE_enum("preserve_colors", _DEFAULTS.preserve_colors, color.PRESERVE_C
 flags.DEFINE_list("style_blend_weights", None, "Weight per --style image (default equal; normalised).")
 flags.DEFINE_float("style_scale", _DEFAULTS.style_scale, "Style image longest side relative to the output's "
                    "(1 = same; larger values give larger brush strokes).")
-flags.DEFINE_boolean("remat", _DEFAULTS.remat, "Recompute VGG activations in the backward pass (less memory, "
-                     "about 30% slower). On automatically above --remat_above_pixels.")
+flags.DEFINE_boolean("remat", _DEFAULTS.remat, "Recompute VGG block activations in the backward pass "
+                     "(jax.checkpoint; meant to save memory, but on XLA:CPU it did not: see "
+                     "docs/quality-and-speed.md).")
 flags.DEFINE_integer("remat_above_pixels", _DEFAULTS.remat_above_pixels, "Turn on --remat for scales with "
                      "more pixels than this (0 = never).")
 flags.DEFINE_integer("lbfgs_memory", _DEFAULTS.lbfgs_memory, "L-BFGS history size.")

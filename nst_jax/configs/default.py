@@ -40,9 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.style_layer_weights = ml_collections.FieldReference(None, field_type=tuple)
   config.pooling = "max"
   config.remat = False
-  # Rematerialise VGG blocks automatically for scales with more pixels than this (0 = never): 2048 x 2048
-  # then fits in well under 16 GiB (docs/quality-and-speed.md).
-  config.remat_above_pixels = 1024 * 1024
+  # Rematerialise VGG blocks automatically for scales with more pixels than this (0 = never). Off by
+  # default: on XLA:CPU block remat did not lower peak memory (+20% in XLA's own analysis; see
+  # docs/quality-and-speed.md), so it is left for accelerators to try.
+  config.remat_above_pixels = 0
   # Coarse-to-fine (nst_jax/multiscale.py): scale_start 0 = one scale at max_size. Otherwise sizes
   # scale_start, scale_start * scale_factor, ... up to max_size; each coarser scale runs scale_steps steps,
   # the final scale runs `steps`, and each starts from the upsampled previous result.

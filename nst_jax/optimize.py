@@ -23,7 +23,7 @@ from nst_jax.errors import NstJaxError
 
 PyTree = Any
 OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd", "lbfgs")
-INIT_KINDS = ("content", "noise", "style")
+INIT_KINDS = ("content", "noise", "style", "style_stats")
 DEFAULT_LR = {"adam": 0.02, "adagrad": 0.05, "rmsprop": 0.005, "sgd": 1e-9, "lbfgs": 1.0}
 METRIC_NAMES = ("total", "content", "style", "tv")
 
@@ -193,7 +193,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.sgd(lr, momentum=config.sgd_momentum or None)
   if name == "lbfgs":
     return optax.lbfgs(learning_rate=None if lr == 1.0 else lr, memory_size=int(config.lbfgs_memory),
-                       linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one"))
+                       linesearch=optax.scale_by_zoom_linesearch(
+                           max_linesearch_steps=int(config.get("lbfgs_linesearch_steps", 20)),
+                           initial_guess_strategy=config.get("lbfgs_initial_guess", "one")))
   raise NstJaxError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
 
 
@@ -227,7 +229,8 @@ def make_step(spec: LossSpec, optimizer: optax.GradientTransformation, *, linese
 
 
 def init_image(kind: str, content: np.ndarray, style: np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
-  """The starting image `[H, W, 3]`: the content photo, uniform noise, or the style resized to the output."""
+  """The starting image `[H, W, 3]`: the content photo, uniform noise, the style resized to the output, or
+  noise with the style's per-channel colour statistics (`style_stats`)."""
   if kind == "content":
     return np.asarray(content, np.float32)
   if kind == "noise":
@@ -236,7 +239,18 @@ def init_image(kind: str, content: np.ndarray, style: np.ndarray | None = None, 
     if style is None:
       raise NstJaxError("init 'style' needs a style image")
     return image_io.resize(np.asarray(style, np.float32), np.shape(content)[:2])
+  if kind == "style_stats":
+    if style is None:
+      raise NstJaxError("init 'style_stats' needs a style image")
+    return style_stats_noise(np.shape(content), style, seed=seed)
   raise NstJaxError(f"unknown init {kind!r}; expected one of {INIT_KINDS}")
+
+
+def style_stats_noise(shape: Sequence[int], style: np.ndarray, *, seed: int = 0) -> np.ndarray:
+  """Gaussian noise `[H, W, 3]` with the style image's per-channel mean and standard deviation, clipped."""
+  style = np.asarray(style, np.float32).reshape(-1, 3)
+  noise = np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
+  return np.clip(noise * style.std(0) + style.mean(0), 0.0, 1.0).astype(np.float32)
 
 
 def init_state(image: jax.typing.ArrayLike, optimizer: optax.GradientTransformation) -> StylizeState:

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "serve": "nst_jax.commands.serve",
     "batch": "nst_jax.commands.batch",
     "experiments": "nst_jax.commands.experiments",
+    "normalize_vgg": "nst_jax.commands.normalize_vgg",
 }
 
 

@@ -20,7 +20,7 @@ import time
 
 from absl import flags
 
-from nst_jax import image_io, optimize, rundir, run as run_lib, weights as weights_lib
+from nst_jax import color, image_io, multiscale, optimize, rundir, run as run_lib, weights as weights_lib
 from nst_jax.commands import common
 from nst_jax.configs import default, presets
 from nst_jax.errors import NstJaxError
@@ -69,9 +69,31 @@ flags.DEFINE_string("weights", None, "VGG19 weights: a Keras .h5, torchvision .p
 flags.DEFINE_enum("pooling", _DEFAULTS.pooling, ("max", "avg"), "VGG pooling.")
 flags.DEFINE_integer("log_every", _DEFAULTS.log_every, "Log losses every N steps.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
-flags.DEFINE_enum("preset", None, list(presets.PRESETS), "Named content/style balance "
-                  "(nst_jax/configs/presets.py); explicit weight flags override it.")
 flags.DEFINE_boolean("compilation_cache", True, "Keep compiled programs in the cache dir between runs.")
+flags.DEFINE_enum("preset", None, presets.ALL_PRESETS, "Named settings (nst_jax/configs/presets.py): "
+                  "the looks faithful | balanced | painterly (content/style balance), or quality "
+                  "(coarse-to-fine L-BFGS, docs/quality-and-speed.md). Flags given explicitly override it.")
+flags.DEFINE_integer("scale_start", _DEFAULTS.scale_start, "Coarse-to-fine: first scale's longest side in "
+                     "pixels (0 = one scale at --max_size).")
+flags.DEFINE_float("scale_factor", _DEFAULTS.scale_factor, "Coarse-to-fine: size ratio between scales (> 1).")
+flags.DEFINE_integer("scale_steps", _DEFAULTS.scale_steps, "Coarse-to-fine: steps at each coarser scale "
+                     "(the final scale runs --steps).")
+flags.DEFINE_enum("preserve_colors", _DEFAULTS.preserve_colors, color.PRESERVE_COLORS,
+                  "Keep the photo's colours: 'luminance' (style on luminance only, chroma from the photo) or "
+                  "'histogram' (style image's colours matched to the photo's mean and covariance).")
+flags.DEFINE_list("style_blend_weights", None, "Weight per --style image (default equal; normalised).")
+flags.DEFINE_float("style_scale", _DEFAULTS.style_scale, "Style image longest side relative to the output's "
+                   "(1 = same; larger values give larger brush strokes).")
+flags.DEFINE_boolean("remat", _DEFAULTS.remat, "Recompute VGG block activations in the backward pass "
+                     "(jax.checkpoint; meant to save memory, but on XLA:CPU it did not: see "
+                     "docs/quality-and-speed.md).")
+flags.DEFINE_integer("remat_above_pixels", _DEFAULTS.remat_above_pixels, "Turn on --remat for scales with "
+                     "more pixels than this (0 = never).")
+flags.DEFINE_integer("lbfgs_memory", _DEFAULTS.lbfgs_memory, "L-BFGS history size.")
+flags.DEFINE_integer("lbfgs_linesearch_steps", _DEFAULTS.lbfgs_linesearch_steps,
+                     "L-BFGS: most function evaluations per line search.")
+FEATURE_FLAGS = ("scale_start", "scale_factor", "scale_steps", "preserve_colors", "style_scale", "remat",
+                 "remat_above_pixels", "lbfgs_memory", "lbfgs_linesearch_steps")
 
 
 def _floats(values, name):
@@ -87,13 +109,17 @@ def config_from_flags():
   for name in ("max_size", "steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight",
                "tv_kind", "init", "seed", "pooling", "log_every"):
     config[name] = FLAGS[name].value
-  if FLAGS.preset:
-    explicit = [name for name in config.keys() if name in FLAGS and FLAGS[name].present]
-    presets.apply_preset(config, FLAGS.preset, keep=explicit)
   config.content_layers = tuple(FLAGS.content_layers)
   config.style_layers = tuple(FLAGS.style_layers)
   if FLAGS.style_layer_weights:
     config.style_layer_weights = _floats(FLAGS.style_layer_weights, "style_layer_weights")
+  for name in FEATURE_FLAGS:
+    config[name] = FLAGS[name].value
+  if FLAGS.style_blend_weights:
+    config.style_blend_weights = _floats(FLAGS.style_blend_weights, "style_blend_weights")
+  if FLAGS.preset:
+    explicit = [name for name in config.keys() if name in FLAGS and FLAGS[name].present]
+    presets.apply_preset(config, FLAGS.preset, keep=explicit)
   if (FLAGS.epochs is None) != (FLAGS.steps_per_epoch is None):
     raise NstJaxError("--epochs and --steps_per_epoch go together")
   if FLAGS.epochs is not None:
@@ -103,13 +129,28 @@ def config_from_flags():
   if config.log_every < 1:
     raise NstJaxError(f"--log_every must be >= 1, got {config.log_every}")
   optimize.validate_config(config)
+  multiscale.validate(config, len(FLAGS.style or ()))
+  if config.style_scale * config.max_size > image_io.MAX_SIZE:
+    raise NstJaxError(f"--style_scale {config.style_scale:g} x --max_size {config.max_size} is over the "
+                      f"{image_io.MAX_SIZE} px limit for the style image")
   return config
 
 
-def metrics_path(output: str, workdir: str | None) -> str:
-  if workdir:
-    return os.path.join(workdir, "metrics.jsonl")
+def metrics_path(output: str) -> str:
+  """Where a run without --workdir logs its losses: `<output stem>.metrics.jsonl`."""
   return os.path.splitext(output)[0] + ".metrics.jsonl"
+
+
+def load_inputs(config):
+  """Content (at --max_size), styles (at --style_scale x --max_size) and the VGG19 weights."""
+  content = image_io.load_image(FLAGS.content, config.max_size)
+  style_size = max(image_io.MIN_SIZE, round(config.style_scale * config.max_size))
+  styles = [image_io.load_image(path, style_size) for path in FLAGS.style]
+  common.enable_compilation_cache(FLAGS.compilation_cache)
+  weights = weights_lib.load_vgg19(FLAGS.weights)
+  if weights.sha256 == "":
+    print("warning: random VGG19 weights: the pipeline runs, but the result is not artistic")
+  return content, styles, weights
 
 
 def main(argv):
@@ -122,33 +163,43 @@ def main(argv):
   if FLAGS.workdir:
     return main_workdir(config)
   image_io.check_writable(FLAGS.output, overwrite=FLAGS.overwrite)
-  if FLAGS.workdir:
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-  content = image_io.load_image(FLAGS.content, config.max_size)
-  styles = [image_io.load_image(path, config.max_size) for path in FLAGS.style]
-  common.enable_compilation_cache(FLAGS.compilation_cache)
-  weights = weights_lib.load_vgg19(FLAGS.weights)
-  if weights.sha256 == "":
-    print("warning: random VGG19 weights: the pipeline runs, but the result is not artistic")
+  content, styles, weights = load_inputs(config)
+  log = common.MetricsLog(metrics_path(FLAGS.output))
+  bars = []
 
-  stylizer = optimize.Stylizer(config)
-  targets = optimize.targets_from_config(weights, config, content, styles)
-  state = stylizer.init_state(optimize.init_image(config.init, content, styles[0], seed=config.seed))
-  log = common.MetricsLog(metrics_path(FLAGS.output, FLAGS.workdir))
-  progress, bar = common.progress_callback(config.steps, disable=not FLAGS.progress)
+  def callbacks_for(scale):
+    if bars:
+      bars[-1].close()
+    desc = "stylizing"
+    if scale.count > 1:
+      desc = f"scale {scale.index + 1}/{scale.count} {scale.shape[1]}x{scale.shape[0]}"
+    progress, bar = common.progress_callback(scale.steps, desc=desc, disable=not FLAGS.progress)
+    bars.append(bar)
+    extra = {}
+    if scale.count > 1:
+      extra = {"scale": scale.index, "height": scale.shape[0], "width": scale.shape[1]}
 
-  def write_metrics(step, state, metrics):
-    if metrics is not None:
-      log.write({"step": step, **{k: metrics[k] for k in ("total", "content", "style", "tv", "seconds")}})
+    def write_metrics(step, state, metrics):
+      if metrics is not None:
+        log.write({"step": step, **extra,
+                   **{k: metrics[k] for k in ("total", "content", "style", "tv", "seconds")}})
+
+    return [progress, write_metrics]
 
   start = time.perf_counter()
   try:
-    state = stylizer.run(state, targets, weights, config.steps, callbacks=[progress, write_metrics])
+    image, per_scale = multiscale.run(content, styles, config, weights, callbacks_for=callbacks_for)
   finally:
-    bar.close()
+    for bar in bars:
+      bar.close()
     log.close()
-  image_io.save_image(FLAGS.output, state.image)
-  print(f"wrote {FLAGS.output} ({content.shape[1]}x{content.shape[0]}, {config.steps} steps, "
+  image_io.save_image(FLAGS.output, image)
+  if len(per_scale) > 1:
+    for s in per_scale:
+      print(f"  scale {s['scale'] + 1}/{len(per_scale)} {s['width']}x{s['height']}: {s['steps']} steps, "
+            f"{s['seconds']:.1f} s, loss {s['total']:.4g}" + (" (remat)" if s["remat"] else ""))
+  steps = sum(s["steps"] for s in per_scale)
+  print(f"wrote {FLAGS.output} ({content.shape[1]}x{content.shape[0]}, {steps} steps, "
         f"{time.perf_counter() - start:.1f} s)")
 
 
@@ -165,15 +216,14 @@ def main_workdir(config):
   """The resumable run in --workdir (nst_jax.run.run_in_workdir)."""
   if FLAGS.checkpoint_every < 0 or FLAGS.snapshot_every < 0 or FLAGS.keep_checkpoints < 1:
     raise NstJaxError("--checkpoint_every and --snapshot_every must be >= 0 and --keep_checkpoints >= 1")
+  if config.scale_start or config.preserve_colors != "none" or len(FLAGS.style) > 1:
+    raise NstJaxError("--workdir (resumable runs) supports one style at one scale without colour preservation "
+                      "for now; drop --workdir, or --scale_start/--preset quality/--preserve_colors/the extra "
+                      "--style")
   output = os.path.abspath(FLAGS.output) if FLAGS.output else None
   if output:
     image_io.check_writable(output, overwrite=FLAGS.overwrite or output == _recorded_output(FLAGS.workdir))
-  content = image_io.load_image(FLAGS.content, config.max_size)
-  styles = [image_io.load_image(path, config.max_size) for path in FLAGS.style]
-  common.enable_compilation_cache(FLAGS.compilation_cache)
-  weights = weights_lib.load_vgg19(FLAGS.weights)
-  if weights.sha256 == "":
-    print("warning: random VGG19 weights: the pipeline runs, but the result is not artistic")
+  content, styles, weights = load_inputs(config)
   inputs = {"content": os.path.abspath(FLAGS.content), "styles": [os.path.abspath(p) for p in FLAGS.style],
             "output": output, "weights_flag": FLAGS.weights}
   bar = None

@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.adam_eps = 0.1
   config.sgd_momentum = 0.0
   config.lbfgs_memory = 10
+  # L-BFGS zoom line search: most evaluations per iteration, first trial step ('one' or 'keep').
+  config.lbfgs_linesearch_steps = 20
+  config.lbfgs_initial_guess = "one"
   # Loss = content_weight * content + style_weight * style + tv_weight * tv (Gatys et al. 2016).
   config.content_weight = 1.0
   config.style_weight = 1e4
@@ -37,7 +40,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.style_layer_weights = ml_collections.FieldReference(None, field_type=tuple)
   config.pooling = "max"
   config.remat = False
-  # Starting image: content | noise | style.
+  # Rematerialise VGG blocks automatically for scales with more pixels than this (0 = never). Off by
+  # default: on XLA:CPU block remat did not lower peak memory (+20% in XLA's own analysis; see
+  # docs/quality-and-speed.md), so it is left for accelerators to try.
+  config.remat_above_pixels = 0
+  # Coarse-to-fine (nst_jax/multiscale.py): scale_start 0 = one scale at max_size. Otherwise sizes
+  # scale_start, scale_start * scale_factor, ... up to max_size; each coarser scale runs scale_steps steps,
+  # the final scale runs `steps`, and each starts from the upsampled previous result.
+  config.scale_start = 0
+  config.scale_factor = 2 ** 0.5
+  config.scale_steps = 100
+  # Colour: none | luminance (style on luminance, photo's chroma) | histogram (style colours -> photo's).
+  config.preserve_colors = "none"
+  # Style image longest side = style_scale * output longest side (per scale).
+  config.style_scale = 1.0
+  # Blend weights for several style images (None = equal); normalised to sum to 1.
+  config.style_blend_weights = ml_collections.FieldReference(None, field_type=tuple)
+  # Starting image: content | noise | style | style_stats (noise with the style's colour mean/std).
   config.init = "content"
   config.seed = 0
   config.log_every = 10

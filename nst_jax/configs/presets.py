@@ -23,6 +23,17 @@ PRESETS: dict[str, dict] = {
 }
 
 DEFAULT_PRESET = "balanced"
+
+
+def _recipes() -> dict[str, dict]:
+  from nst_jax.configs import quality
+  return {"quality": dict(quality.OVERRIDES)}
+
+
+# Optimisation recipes: how to get there (optimizer, scales, steps), independent of the look.
+RECIPES: dict[str, dict] = _recipes()
+# Every name `--preset` accepts.
+ALL_PRESETS: tuple[str, ...] = tuple(PRESETS) + tuple(RECIPES)
 # One-line descriptions shown to users (the web page's preset cards).
 PRESET_DESCRIPTIONS = {
     "faithful": "Keeps the photo recognisable, a light touch of the painting.",
@@ -33,9 +44,9 @@ PRESET_DESCRIPTIONS = {
 
 def get_preset(name: str) -> dict:
   """The override dict of preset `name` (a copy)."""
-  if name not in PRESETS:
-    raise NstJaxError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-  return dict(PRESETS[name])
+  if name not in ALL_PRESETS:
+    raise NstJaxError(f"unknown preset {name!r}; expected one of {', '.join(ALL_PRESETS)}")
+  return dict(PRESETS.get(name) or RECIPES[name])
 
 
 def apply_preset(config: ml_collections.ConfigDict, name: str, *, keep=()) -> ml_collections.ConfigDict:

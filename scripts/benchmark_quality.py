@@ -1,0 +1,213 @@
+"""Speed-to-quality benchmarks of issue 4 (prints settings and figures, saves the images it makes).
+
+    python scripts/benchmark_quality.py --outdir /tmp/bench            # all CPU benchmarks, real weights
+    python scripts/benchmark_quality.py --bench=ttq --size=64 --adam_steps=20 --weights=random  # smoke run
+
+1. `ttq` (time to quality, default 256 px): the report's recipe (Adam lr 0.02, b1 0.99, eps 0.1, content
+   init, 1,000 steps) gives a total loss L*; then the quality preset (coarse-to-fine + L-BFGS, final scale
+   at the same size, same content, style and loss weights) runs until its total loss at the final size is
+   <= L*. Prints both wall times and their ratio (target >= 10x). Losses are only compared at the final
+   size (coarser scales optimise a different-size problem). With --warmup (default) every program is
+   compiled once beforehand through the persistent compilation cache, so the times measure optimisation;
+   the cold times (with compilation) are printed too.
+2. `picture` (default 512 px): one picture with the quality preset, total wall time including loading,
+   targets and compilation (target <= 10 minutes on 2 CPU cores).
+3. `gpu`: 500 L-BFGS iterations at 512 px in float32 and bfloat16 weights/activations, with the final losses
+   (target <= 2 s on one H100; bfloat16 acceptable where its loss is within 1%). Skipped without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from nst_jax import image_io, multiscale, optimize, weights as weights_lib
+from nst_jax.commands import common
+from nst_jax.configs import default, quality
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("bench", ["ttq", "picture"], "Benchmarks to run: ttq, picture, gpu.")
+flags.DEFINE_string("content", None, "Content photo (default: scikit-image's chelsea).")
+flags.DEFINE_string("style", None, "Style painting (default: scikit-image's coffee).")
+flags.DEFINE_string("weights", None, "VGG19 weights (default: cached Keras weights; 'random' for smoke runs).")
+flags.DEFINE_integer("size", 256, "ttq: output longest side.")
+flags.DEFINE_integer("adam_steps", 1000, "ttq: steps of the report's Adam recipe that define L*.")
+flags.DEFINE_integer("max_lbfgs_steps", 1000, "ttq: most final-scale L-BFGS iterations before giving up.")
+flags.DEFINE_integer("check_every", 5, "ttq: evaluate the loss every N final-scale iterations.")
+flags.DEFINE_integer("picture_size", 512, "picture: output longest side.")
+flags.DEFINE_integer("gpu_size", 512, "gpu: output longest side.")
+flags.DEFINE_integer("gpu_steps", 500, "gpu: L-BFGS iterations.")
+flags.DEFINE_integer("scale_start", None, "Override the quality preset's first scale (smoke runs).")
+flags.DEFINE_integer("scale_steps", None, "Override the quality preset's steps per coarse scale.")
+flags.DEFINE_boolean("warmup", True, "ttq: compile everything once first (persistent cache).")
+flags.DEFINE_string("outdir", "/tmp/nst_jax_benchmark_quality", "Where the images go.")
+
+
+def _default_image(name):
+  from skimage import data
+  return getattr(data, name)().astype(np.float32) / 255.0
+
+
+def _inputs(size):
+  content = image_io.load_image(FLAGS.content, size) if FLAGS.content else image_io.resize_longest(
+      _default_image("chelsea"), size)
+  style = image_io.open_image(FLAGS.style) if FLAGS.style else _default_image("coffee")
+  return content, style
+
+
+def _quality_config(size):
+  config = quality.get_config()
+  config.max_size = size
+  if FLAGS.scale_start is not None:
+    config.scale_start = FLAGS.scale_start
+  if FLAGS.scale_steps is not None:
+    config.scale_steps = FLAGS.scale_steps
+  return config
+
+
+def _save(name, image):
+  path = os.path.join(FLAGS.outdir, name)
+  image_io.save_image(path, image)
+  print(f"  saved {path}")
+
+
+class _Reached(Exception):
+  pass
+
+
+def _run_adam(weights, content, style, steps):
+  config = default.get_config()  # Adam lr 0.02, b1 0.99, eps 0.1, content init: the report's Table 1.
+  config.max_size, config.steps = max(content.shape[:2]), steps
+  style_s = multiscale.resize_style(style, content.shape[:2], config.style_scale)
+  begin = time.perf_counter()
+  stylizer = optimize.Stylizer(config)
+  targets = optimize.targets_from_config(weights, config, content, [style_s])
+  state = stylizer.init_state(optimize.init_image(config.init, content, style_s))
+  state = stylizer.run(state, targets, weights, steps, log_every=max(steps, 1))
+  loss = float(stylizer.evaluate(state.image, targets, weights)["total"])
+  return time.perf_counter() - begin, loss, np.asarray(state.image), config
+
+
+def _run_quality_until(weights, content, style, target_loss, size):
+  config = _quality_config(size)
+  config.steps = FLAGS.max_lbfgs_steps
+  config.log_every = FLAGS.check_every
+  found = {}
+  begin = time.perf_counter()
+
+  def callbacks_for(scale):
+    if scale.index < scale.count - 1:
+      return []
+
+    def check(step, state, metrics):
+      if metrics is not None and metrics["total"] <= target_loss:
+        found.update(seconds=time.perf_counter() - begin, step=step, loss=metrics["total"],
+                     image=np.asarray(state.image))
+        raise _Reached
+
+    return [check]
+
+  try:
+    image, per_scale = multiscale.run(content, [style], config, weights, callbacks_for=callbacks_for)
+    found.update(seconds=None, step=config.steps, loss=per_scale[-1]["total"], image=image)
+  except _Reached:
+    pass
+  return found, config
+
+
+def bench_ttq(weights):
+  size = FLAGS.size
+  content, style = _inputs(size)
+  print(f"\n== 1. time to quality at {content.shape[1]}x{content.shape[0]} ==")
+  if FLAGS.warmup:
+    begin = time.perf_counter()
+    _run_adam(weights, content, style, 1)
+    cold_adam = time.perf_counter() - begin
+    begin = time.perf_counter()
+    config = _quality_config(size)
+    config.steps = config.scale_steps = 1
+    multiscale.run(content, [style], config, weights)
+    cold_quality = time.perf_counter() - begin
+    print(f"  warm-up (compilation, 1 step per program): Adam {cold_adam:.1f} s, quality {cold_quality:.1f} s")
+  adam_seconds, target, adam_image, adam_config = _run_adam(weights, content, style, FLAGS.adam_steps)
+  print(f"  Adam recipe: {FLAGS.adam_steps} steps (lr {optimize.DEFAULT_LR['adam']}, b1 {adam_config.adam_b1}, "
+        f"eps {adam_config.adam_eps}, init {adam_config.init}): L* = {target:.6g} in {adam_seconds:.1f} s")
+  _save(f"ttq_adam_{size}.png", adam_image)
+  found, config = _run_quality_until(weights, content, style, target, size)
+  sizes = multiscale.scale_sizes(size, start=config.scale_start, factor=config.scale_factor)
+  settings = {k: config[k] for k in quality.OVERRIDES if k != "steps"}
+  print(f"  quality preset {json.dumps(settings)}; scales {sizes}")
+  if found["seconds"] is None:
+    print(f"  quality preset did NOT reach L* within {FLAGS.max_lbfgs_steps} final-scale iterations "
+          f"(loss {found['loss']:.6g})")
+  else:
+    print(f"  quality preset reached {found['loss']:.6g} <= L* after {found['step']} final-scale iterations "
+          f"in {found['seconds']:.1f} s: {adam_seconds / found['seconds']:.1f}x less time (target >= 10x)")
+  _save(f"ttq_quality_{size}.png", found["image"])
+
+
+def bench_picture(weights):
+  size = FLAGS.picture_size
+  begin = time.perf_counter()
+  content, style = _inputs(size)
+  config = _quality_config(size)
+  print(f"\n== 2. one {content.shape[1]}x{content.shape[0]} picture with the quality preset ==")
+  image, per_scale = multiscale.run(content, [style], config, weights)
+  total = time.perf_counter() - begin
+  for s in per_scale:
+    print(f"  scale {s['width']}x{s['height']}: {s['steps']} steps, {s['seconds']:.1f} s, loss {s['total']:.5g}")
+  print(f"  total wall time {total:.1f} s = {total / 60:.2f} min (target <= 10 min on 2 CPU cores)")
+  _save(f"picture_quality_{size}.png", image)
+
+
+def bench_gpu(weights):
+  if jax.default_backend() != "gpu":
+    print("\n== 3. GPU benchmark skipped: no GPU backend (jax.default_backend() = "
+          f"{jax.default_backend()!r}) ==")
+    return
+  size, steps = FLAGS.gpu_size, FLAGS.gpu_steps
+  content, style = _inputs(size)
+  print(f"\n== 3. {steps} L-BFGS iterations at {content.shape[1]}x{content.shape[0]} on {jax.devices()[0]} ==")
+  config = default.get_config()
+  config.optimizer, config.max_size, config.steps = "lbfgs", size, steps
+  style_s = multiscale.resize_style(style, content.shape[:2], 1.0)
+  losses = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    w = weights.replace(params=jax.tree.map(lambda x: x.astype(dtype), weights.params))
+    stylizer = optimize.Stylizer(config)
+    targets = optimize.targets_from_config(weights, config, content, [style_s])
+    state = stylizer.init_state(content)
+    state, _ = stylizer.step(state, targets, w)  # Compile.
+    jax.block_until_ready(state.image)
+    state = stylizer.init_state(content)
+    begin = time.perf_counter()
+    state = stylizer.run(state, targets, w, steps, log_every=steps)
+    jax.block_until_ready(state.image)
+    seconds = time.perf_counter() - begin
+    losses[dtype.__name__] = float(stylizer.evaluate(state.image, targets, weights)["total"])
+    print(f"  {dtype.__name__}: {seconds:.2f} s, final loss (float32 weights) {losses[dtype.__name__]:.6g}")
+    _save(f"gpu_lbfgs_{dtype.__name__}_{size}.png", np.asarray(state.image, np.float32))
+  print(f"  bfloat16 loss / float32 loss = {losses['bfloat16'] / losses['float32']:.4f}")
+
+
+def main(argv):
+  del argv
+  common.enable_compilation_cache(True)
+  os.makedirs(FLAGS.outdir, exist_ok=True)
+  weights = weights_lib.load_vgg19(FLAGS.weights)
+  print(json.dumps({"bench": FLAGS.bench, "weights": weights.source, "content": FLAGS.content or "skimage chelsea",
+                    "style": FLAGS.style or "skimage coffee", "size": FLAGS.size, "adam_steps": FLAGS.adam_steps,
+                    "picture_size": FLAGS.picture_size, "backend": jax.default_backend(),
+                    "cpu_count": os.cpu_count(), "jax": jax.__version__}))
+  for name in FLAGS.bench:
+    {"ttq": bench_ttq, "picture": bench_picture, "gpu": bench_gpu}[name](weights)
+
+
+if __name__ == "__main__":
+  app.run(main)

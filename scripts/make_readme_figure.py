@@ -2,6 +2,8 @@
 
     python scripts/make_readme_figure.py --weights random --output docs/images/example.jpg
 
+The result uses the `quality` recipe (coarse-to-fine L-BFGS) with the `balanced` look at 512 px.
+
 With pretrained weights (the default) the result is the familiar painterly look; with `--weights random`
 (all that a machine without network can use) the style statistics still transfer, much less faithfully.
 """
@@ -12,20 +14,17 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
 
-import nst_jax
-from nst_jax import image_io, weights as weights_lib
+from nst_jax import image_io, multiscale, weights as weights_lib
 from nst_jax.commands import common
-from nst_jax.configs import default
+from nst_jax.configs import presets, quality
 
 _SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 flags.DEFINE_string("content", os.path.join(_SHARED, "content", "tubingen.jpg"), "Content photo.")
 flags.DEFINE_string("style", os.path.join(_SHARED, "styles", "starry_night.jpg"), "Style painting.")
 flags.DEFINE_string("output", "docs/images/example.jpg", "Figure path.")
 flags.DEFINE_string("weights", None, "VGG19 weights (default: cached pretrained).")
-flags.DEFINE_integer("max_size", 256, "Output size (longest side).")
-flags.DEFINE_integer("steps", 300, "Optimisation steps.")
-flags.DEFINE_string("optimizer", "lbfgs", "Optimizer.")
-flags.DEFINE_float("style_weight", 1e4, "Style weight.")
+flags.DEFINE_integer("max_size", 512, "Output size (longest side).")
+flags.DEFINE_string("look", "balanced", "Look preset (faithful, balanced, painterly).")
 FLAGS = flags.FLAGS
 
 
@@ -34,13 +33,11 @@ def main(argv):
   common.enable_compilation_cache()
   content = image_io.load_image(FLAGS.content, FLAGS.max_size)
   style = image_io.load_image(FLAGS.style, FLAGS.max_size)
-  config = default.get_config()
-  config.update(steps=FLAGS.steps, optimizer=FLAGS.optimizer, max_size=FLAGS.max_size,
-                style_weight=FLAGS.style_weight)
-  progress, bar = common.progress_callback(config.steps)
-  result = nst_jax.stylize(content, style, config, weights=weights_lib.load_vgg19(FLAGS.weights),
-                           callbacks=[progress])
-  bar.close()
+  config = presets.apply_preset(quality.get_config(), FLAGS.look)  # Coarse-to-fine L-BFGS.
+  config.max_size = FLAGS.max_size
+  result, per_scale = multiscale.run(content, [style], config, weights_lib.load_vgg19(FLAGS.weights))
+  for s in per_scale:
+    print(f"scale {s['width']}x{s['height']}: {s['steps']} steps, {s['seconds']:.1f} s, loss {s['total']:.4g}")
   height = content.shape[0]
   panels = [image_io.resize(p, (height, round(p.shape[1] * height / p.shape[0])))
             for p in (content, style, result)]

@@ -32,7 +32,7 @@ def _playwright():
                                    (CHROMIUM, os.path.exists(CHROMIUM))) if not ok]
   if missing:
     if os.environ.get("CI"):
-      pytest.fail(f"browser test needs {', '.join(missing)} in CI (scripts/run_tests.sh installs them)")
+      pytest.fail(f"browser test needs {', '.join(missing)} in CI (.ci/run installs them)")
     pytest.skip(f"{', '.join(missing)} not available")
   return sync_playwright
 

@@ -104,10 +104,9 @@ def test_lbfgs_batched_equals_single():
     assert np.max(np.abs(result.image - reference)) <= 1e-5
 
 
-_SHARDED_SCRIPT = r"""
-import json, numpy as np, jax
+# Three 32 px items (a style-weight sweep) shared by the subprocess scripts below.
+_ITEMS_SETUP = r"""
 from skimage import data
-from nst_jax import batch, image_io, vgg
 from nst_jax.configs import default
 config = default.get_config()
 config.max_size, config.steps, config.log_every = 32, 2, 100
@@ -116,6 +115,12 @@ cat = image_io.resize_longest(data.chelsea().astype(np.float32) / 255, 32)
 coffee = image_io.resize_longest(data.coffee().astype(np.float32) / 255, 32)
 items = [batch.item_from_config(cat, coffee, config, style_weight=w) for w in (1e3, 1e4, 1e5)]
 weights = vgg.random_weights(0)
+"""
+
+_SHARDED_SCRIPT = r"""
+import json, numpy as np, jax
+from nst_jax import batch, image_io, vgg
+""" + _ITEMS_SETUP + r"""
 mesh = batch.make_mesh()
 runner = batch.BatchStylizer(weights, mesh=mesh)
 sharded = runner.run(items)
@@ -149,15 +154,7 @@ _MULTIHOST_SCRIPT = r"""
 import json, sys, numpy as np, jax
 from nst_jax import batch, image_io, vgg
 batch.init_distributed(sys.argv[1], 2, int(sys.argv[2]))
-from skimage import data
-from nst_jax.configs import default
-config = default.get_config()
-config.max_size, config.steps, config.log_every = 32, 2, 100
-config.content_layers, config.style_layers = ("relu2_1",), ("relu1_1", "relu2_1")
-cat = image_io.resize_longest(data.chelsea().astype(np.float32) / 255, 32)
-coffee = image_io.resize_longest(data.coffee().astype(np.float32) / 255, 32)
-items = [batch.item_from_config(cat, coffee, config, style_weight=w) for w in (1e3, 1e4, 1e5)]
-weights = vgg.random_weights(0)
+""" + _ITEMS_SETUP + r"""
 sharded = batch.BatchStylizer(weights, mesh=batch.make_mesh()).run(items)
 plain = batch.BatchStylizer(weights).run(items)  # This process alone, one device.
 print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(),

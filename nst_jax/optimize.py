@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from nst_jax import image_io, losses, vgg
+from nst_jax import image_io, lbfgs, losses, vgg
 from nst_jax.errors import NstJaxError
 
 PyTree = Any
@@ -107,6 +107,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise NstJaxError(f"unknown optimizer {config.optimizer!r}; expected one of {OPTIMIZERS}")
   if config.lr is not None:
     _positive(config.lr, "lr", allow_zero=False)
+  if config.optimizer == "lbfgs":
+    make_optimizer(config)  # Checks the L-BFGS settings (preconditioner, learning rate).
   if config.init not in INIT_KINDS:
     raise NstJaxError(f"unknown init {config.init!r}; expected one of {INIT_KINDS}")
   if int(config.steps) < 0:
@@ -192,10 +194,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   if name == "sgd":
     return optax.sgd(lr, momentum=config.sgd_momentum or None)
   if name == "lbfgs":
-    return optax.lbfgs(learning_rate=None if lr == 1.0 else lr, memory_size=int(config.lbfgs_memory),
-                       linesearch=optax.scale_by_zoom_linesearch(
-                           max_linesearch_steps=int(config.get("lbfgs_linesearch_steps", 20)),
-                           initial_guess_strategy=config.get("lbfgs_initial_guess", "one")))
+    linesearch = optax.scale_by_zoom_linesearch(
+        max_linesearch_steps=int(config.get("lbfgs_linesearch_steps", 20)),
+        initial_guess_strategy=config.get("lbfgs_initial_guess", "one"))
+    power = _positive(config.get("lbfgs_precondition", 0.0), "lbfgs_precondition")
+    if power == 0:
+      return optax.lbfgs(learning_rate=None if lr == 1.0 else lr, memory_size=int(config.lbfgs_memory),
+                         linesearch=linesearch)
+    if lr != 1.0:
+      raise NstJaxError("lbfgs_precondition needs the default L-BFGS learning rate (the line search sets it)")
+    return lbfgs.preconditioned_lbfgs(memory_size=int(config.lbfgs_memory),
+                                      precondition=lbfgs.fourier_preconditioner(power), linesearch=linesearch)
   raise NstJaxError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
 
 

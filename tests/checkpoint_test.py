@@ -32,10 +32,10 @@ def _files(path, step, sub="state"):
   return [f for f in glob.glob(os.path.join(path, str(step), sub, "**"), recursive=True) if os.path.isfile(f)]
 
 
-@pytest.mark.parametrize("optimizer", optimize.OPTIMIZERS)
-def test_stylize_state_round_trip_is_exact(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer, precondition", [(name, 0.0) for name in optimize.OPTIMIZERS] + [("lbfgs", 0.3)])
+def test_stylize_state_round_trip_is_exact(tmp_path, optimizer, precondition):
   config = default.get_config()
-  config.optimizer = optimizer
+  config.optimizer, config.lbfgs_precondition = optimizer, precondition
   stylizer = optimize.Stylizer(config)
   image = np.random.default_rng(0).uniform(size=(12, 10, 3)).astype(np.float32)
   state = stylizer.init_state(image)

@@ -187,3 +187,27 @@ def test_default_config_is_valid_and_matches_the_report():
   assert optimize.DEFAULT_LR["adam"] == 0.02
   assert config.content_layers == ("relu4_2",)
   assert config.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+def test_preconditioned_lbfgs_lowers_the_loss_and_keeps_its_state(random_weights, pair):
+  from nst_jax import lbfgs
+  content, style = pair
+  config = small_config(optimizer="lbfgs", lbfgs_precondition=0.3, steps=6)
+  stylizer = optimize.Stylizer(config)
+  targets = optimize.targets_from_config(random_weights, config, content, [style])
+  state = stylizer.init_state(content)
+  assert isinstance(state.opt_state[0], lbfgs.PreconditionedLBFGSState)
+  start = float(stylizer.evaluate(state.image, targets, random_weights)["total"])
+  state = stylizer.run(state, targets, random_weights, config.steps)
+  assert float(stylizer.evaluate(state.image, targets, random_weights)["total"]) < 0.5 * start
+  assert int(state.opt_state[0].count) == config.steps
+  assert float(np.asarray(state.opt_state[0].rho)[:config.steps - 1].min()) > 0  # Pairs 1..5 were kept.
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lbfgs_precondition": -1.0}, "lbfgs_precondition must be non-negative"),
+    ({"lbfgs_precondition": 0.3, "lr": 0.5}, "needs the default L-BFGS learning rate"),
+])
+def test_bad_preconditioner_settings_are_one_line_errors(overrides, message):
+  with pytest.raises(NstJaxError, match=message):
+    optimize.Stylizer(small_config(optimizer="lbfgs", **overrides))

@@ -92,8 +92,10 @@ flags.DEFINE_integer("remat_above_pixels", _DEFAULTS.remat_above_pixels, "Turn o
 flags.DEFINE_integer("lbfgs_memory", _DEFAULTS.lbfgs_memory, "L-BFGS history size.")
 flags.DEFINE_integer("lbfgs_linesearch_steps", _DEFAULTS.lbfgs_linesearch_steps,
                      "L-BFGS: most function evaluations per line search.")
+flags.DEFINE_float("lbfgs_precondition", _DEFAULTS.lbfgs_precondition, "L-BFGS: damp spatial frequency f "
+                   "by |f|^-p in the initial inverse Hessian (0 = stock L-BFGS; the quality preset uses 0.5).")
 FEATURE_FLAGS = ("scale_start", "scale_factor", "scale_steps", "preserve_colors", "style_scale", "remat",
-                 "remat_above_pixels", "lbfgs_memory", "lbfgs_linesearch_steps")
+                 "remat_above_pixels", "lbfgs_memory", "lbfgs_linesearch_steps", "lbfgs_precondition")
 
 
 def _floats(values, name):

@@ -32,7 +32,8 @@ from nst_jax.server.jobs import JobStore
 log = logging.getLogger("nst_jax.server")
 
 # Config fields compiled into the step (jobs must agree on them to share a batch).
-_STATIC_FIELDS = ("optimizer", "lr", "adam_b1", "adam_eps", "sgd_momentum", "lbfgs_memory", "tv_kind",
+_STATIC_FIELDS = ("optimizer", "lr", "adam_b1", "adam_eps", "sgd_momentum", "lbfgs_memory",
+                  "lbfgs_linesearch_steps", "lbfgs_precondition", "tv_kind",
                   "content_layers", "style_layers", "style_layer_weights", "pooling", "remat")
 
 

@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 
-_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+# VGG19's feature stack in torchvision's order: channel counts, "M" = 2x2 pooling.
+VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
@@ -26,8 +27,9 @@ def make_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def layer_names() -> list[str]:
+  """Our layer name for each module of the VGG19 feature stack (conv1_1, relu1_1, ..., pool5)."""
   names, block, conv = [], 1, 1
-  for item in _CFG:
+  for item in VGG19_CFG:
     if item == "M":
       names.append(f"pool{block}")
       block, conv = block + 1, 1
@@ -49,7 +51,7 @@ class Features:
     modules, cin, conv_index = [], 3, 0
     names = layer_names()
     last = max(names.index(name) for name in layers)
-    for item in _CFG:
+    for item in VGG19_CFG:
       if item == "M":
         modules.append(torch.nn.MaxPool2d(2, 2))
         continue

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # So tests can `import weight_files`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # And `benchmarks.torch_reference`.
 
 import weight_files  # noqa: E402
 

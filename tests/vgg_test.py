@@ -8,40 +8,24 @@ import numpy as np
 import pytest
 from jax import lax
 
+from benchmarks.torch_reference import VGG19_CFG, layer_names
 from conftest import make_image
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
 
 torch = pytest.importorskip("torch")
 
-# VGG19's feature stack in torchvision's order: channel counts, 'M' = 2x2 pooling.
-_TORCH_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M")
-
 
 def torch_vgg19_features(pooling: str) -> "torch.nn.Sequential":
   """An nn.Sequential mirroring torchvision's `vgg19().features` (conv at 0, 2, 5, ...; ReLU; pools)."""
   layers, cin = [], 3
-  for item in _TORCH_CFG:
+  for item in VGG19_CFG:
     if item == "M":
       layers.append(torch.nn.MaxPool2d(2, 2) if pooling == "max" else torch.nn.AvgPool2d(2, 2))
     else:
       layers += [torch.nn.Conv2d(cin, item, 3, padding=1), torch.nn.ReLU(inplace=False)]
       cin = item
   return torch.nn.Sequential(*layers)
-
-
-def torch_layer_names() -> list[str]:
-  """Our layer name for each module of the Sequential above."""
-  names, block, conv = [], 1, 1
-  for item in _TORCH_CFG:
-    if item == "M":
-      names.append(f"pool{block}")
-      block, conv = block + 1, 1
-    else:
-      names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
-      conv += 1
-  return names
 
 
 def load_torch_model(state_dict: dict, pooling: str) -> "torch.nn.Sequential":
@@ -65,7 +49,7 @@ def torch_features(model, image: np.ndarray, kind: str) -> dict[str, np.ndarray]
   """Every named activation `[B, h, w, C]` (float64) of the torch model."""
   out, x = {}, torch_preprocess(image, kind)
   with torch.no_grad():
-    for name, module in zip(torch_layer_names(), model):
+    for name, module in zip(layer_names(), model):
       x = module(x)
       out[name] = x.permute(0, 2, 3, 1).numpy().copy()
   return out
@@ -83,7 +67,7 @@ def torch_state_dict(numpy_params):
 
 
 def test_torch_layer_names_cover_every_vgg_layer():
-  assert tuple(torch_layer_names()) == vgg.LAYER_NAMES
+  assert tuple(layer_names()) == vgg.LAYER_NAMES
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])

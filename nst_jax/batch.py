@@ -228,7 +228,8 @@ class BatchStylizer:
     padded = pad_to(list(items), size)
     targets = stack([optimize.targets_from_config(self.weights, item.config, item.content, item.styles,
                                                   item.style_blend_weights) for item in padded])
-    images = stack([optimize.init_image(item.config.init, item.content, item.styles[0], seed=item.config.seed)
+    images = stack([optimize.init_image(item.config.init, item.content, item.styles, seed=item.config.seed,
+                                        style_blend_weights=item.style_blend_weights)
                     for item in padded])
     state = stylizer.init_state(shard_batch(images, self.mesh))
     return stylizer, state, shard_batch(targets, self.mesh)

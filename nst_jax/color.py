@@ -75,18 +75,35 @@ def match_color(source: np.ndarray, reference: np.ndarray, *, method: str = "cho
   `A = Sigma_r^1/2 Sigma_s^-1/2` (PCA / symmetric square roots). `eps` regularises flat images.
   References: Gatys et al. 2017, "Controlling perceptual factors in neural style transfer", section 5.2.
   """
+  return match_color_stats(source, *color_stats(reference), method=method, clip=clip, eps=eps)
+
+
+def mixture_color_stats(images: Sequence[np.ndarray], shares: Sequence[float] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """Mean `[3]` and covariance `[3, 3]` of the pixels of several images mixed in proportions `shares`
+  (equal when None): the colour statistics of a blend of styles."""
+  shares = np.ones(len(images)) if shares is None else np.asarray(shares, np.float64)
+  shares = shares / shares.sum()
+  stats = [color_stats(image) for image in images]
+  mean = sum(share * mu for share, (mu, _) in zip(shares, stats))
+  second = sum(share * (cov + np.outer(mu, mu)) for share, (mu, cov) in zip(shares, stats))
+  return mean, second - np.outer(mean, mean)
+
+
+def match_color_stats(source: np.ndarray, mean: np.ndarray, cov: np.ndarray, *, method: str = "cholesky",
+                      clip: bool = True, eps: float = 1e-5) -> np.ndarray:
+  """`match_color` towards given colour statistics (`mean` `[3]`, covariance `[3, 3]`)."""
   if method not in MATCH_METHODS:
     raise NstJaxError(f"unknown colour matching method {method!r}; expected one of {MATCH_METHODS}")
   source = np.asarray(source, np.float64)
   mu_s, cov_s = color_stats(source)
-  mu_r, cov_r = color_stats(reference)
   cov_s = cov_s + eps * np.eye(3)
-  cov_r = cov_r + eps * np.eye(3)
+  cov_r = np.asarray(cov, np.float64) + eps * np.eye(3)
   if method == "cholesky":
     transform = np.linalg.cholesky(cov_r) @ np.linalg.inv(np.linalg.cholesky(cov_s))
   else:
     transform = _matrix_sqrt(cov_r) @ _matrix_sqrt(cov_s, inverse=True)
-  out = (source.reshape(-1, 3) - mu_s) @ transform.T + mu_r
+  out = (source.reshape(-1, 3) - mu_s) @ transform.T + np.asarray(mean, np.float64)
   out = out.reshape(source.shape)
   return (np.clip(out, 0.0, 1.0) if clip else out).astype(np.float32)
 

@@ -156,7 +156,8 @@ def run(content: np.ndarray, styles: Sequence[np.ndarray], config: ml_collection
     styles_s = [resize_style(s, scale.shape, float(config.style_scale)) for s in styles]
     targets = optimize.targets_from_config(weights, config, content_s, styles_s, config.style_blend_weights)
     if image is None:
-      start_image = optimize.init_image(config.init, content_s, styles_s[0], seed=int(config.seed))
+      start_image = optimize.init_image(config.init, content_s, styles_s, seed=int(config.seed),
+                                        style_blend_weights=config.style_blend_weights)
     else:
       start_image = image_io.resize(image, scale.shape)
     new_state = stylizer.init_state(start_image)

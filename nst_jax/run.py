@@ -169,7 +169,8 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str, content: np.
   num_steps = int(config.steps)
   stylizer = optimize.Stylizer(config)
   targets = optimize.targets_from_config(weights, config, content, styles, style_blend_weights)
-  initial_image = optimize.init_image(config.init, content, styles[0], seed=config.seed)
+  initial_image = optimize.init_image(config.init, content, styles, seed=config.seed,
+                                     style_blend_weights=style_blend_weights)
   abstract = {"state": jax.eval_shape(stylizer.init_state, initial_image),
               "seed": jax.ShapeDtypeStruct((), np.int32)}
 

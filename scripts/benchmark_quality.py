@@ -4,15 +4,19 @@
     python scripts/benchmark_quality.py --bench=ttq --size=64 --adam_steps=20 --weights=random  # smoke run
 
 1. `ttq` (time to quality, default 256 px): the report's recipe (Adam lr 0.02, b1 0.99, eps 0.1, content
-   init, 1,000 steps) gives a total loss L*; then the quality preset (coarse-to-fine + L-BFGS, final scale
-   at the same size, same content, style and loss weights) runs until its total loss at the final size is
-   <= L*. Prints both wall times and their ratio (target >= 10x). Losses are only compared at the final
-   size (coarser scales optimise a different-size problem). With --warmup (default) every program is
+   init, 1,000 steps) gives a total loss L*; then the quality preset (preconditioned L-BFGS from the
+   recoloured photo; same size, content, style and loss weights) and its `--ttq_variants` (coarse-to-fine,
+   content init, stock L-BFGS) run until their total loss at the final size is <= L*. Prints the wall times
+   and ratios (target >= 10x). Losses are only compared at the final size (coarser scales optimise a
+   different-size problem). With --warmup (default) every program is
    compiled once beforehand through the persistent compilation cache, so the times measure optimisation;
    the cold times (with compilation) are printed too.
 2. `picture` (default 512 px): one picture with the quality preset, total wall time including loading,
    targets and compilation (target <= 10 minutes on 2 CPU cores).
-3. `gpu`: 500 L-BFGS iterations at 512 px in float32 and bfloat16 weights/activations, with the final losses
+3. `curves` (default 512 px): loss against wall time at the final size for the quality preset and each
+   `--ttq_variants` recipe (warm compilation cache), and the time each needs to come within 30, 10, 5, 2 and
+   1% of the lowest loss any of them reached: shows whether coarse scales pay for themselves.
+4. `gpu`: 500 L-BFGS iterations at 512 px in float32 and bfloat16 weights/activations, with the final losses
    (target <= 2 s on one H100; bfloat16 acceptable where its loss is within 1%). Skipped without a GPU.
 """
 
@@ -33,7 +37,7 @@ from nst_jax.commands import common
 from nst_jax.configs import default, quality
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("bench", ["ttq", "picture"], "Benchmarks to run: ttq, picture, gpu.")
+flags.DEFINE_list("bench", ["ttq", "picture"], "Benchmarks to run: ttq, picture, curves, gpu.")
 flags.DEFINE_string("content", None, "Content photo (default: scikit-image's chelsea).")
 flags.DEFINE_string("style", None, "Style painting (default: scikit-image's coffee).")
 flags.DEFINE_string("weights", None, "VGG19 weights (default: cached Keras weights; 'random' for smoke runs).")
@@ -47,11 +51,12 @@ flags.DEFINE_integer("scale_start", None, "Override the quality preset's first s
 flags.DEFINE_integer("scale_steps", None, "Override the quality preset's steps per coarse scale.")
 # Changes of the quality preset that `--ttq_variants` also times against the same L*.
 TTQ_VARIANTS = {
-    "single_scale": {"scale_start": 0},  # L-BFGS at the final size only.
+    "coarse_to_fine": {"scale_start": 128},  # 128, 181, ... with 40 iterations per coarser scale.
+    "content_init": {"init": "content"},  # Start from the photo itself.
     "no_precondition": {"lbfgs_precondition": 0.0},  # optax's stock L-BFGS direction.
-    "single_scale_no_precondition": {"scale_start": 0, "lbfgs_precondition": 0.0},
+    "stock_lbfgs_content_init": {"init": "content", "lbfgs_precondition": 0.0},
 }
-flags.DEFINE_list("ttq_variants", ["single_scale", "single_scale_no_precondition"],
+flags.DEFINE_list("ttq_variants", ["coarse_to_fine", "content_init", "stock_lbfgs_content_init"],
                   f"ttq: variants of the quality preset timed against the same L*: names "
                   f"({', '.join(TTQ_VARIANTS)}) or FIELD=VALUE[+FIELD=VALUE] config overrides.")
 
@@ -201,7 +206,7 @@ def bench_ttq(weights):
   for name, config in recipes.items():
     found, config = _run_quality_until(weights, content, style, target, config)
     sizes = multiscale.scale_sizes(size, start=config.scale_start, factor=config.scale_factor)
-    settings = {k: config[k] for k in list(quality.OVERRIDES) + ["lbfgs_precondition"] if k != "steps"}
+    settings = {k: config[k] for k in quality.OVERRIDES if k != "steps"}
     print(f"  {name} {json.dumps(settings)}; scales {sizes}")
     if found["seconds"] is None:
       print(f"    did NOT reach L* within {FLAGS.max_lbfgs_steps} final-scale iterations "
@@ -227,14 +232,47 @@ def bench_picture(weights):
   _save(f"picture_quality_{size}.png", image)
 
 
+def bench_curves(weights):
+  size = FLAGS.picture_size
+  content, style = _inputs(size)
+  print(f"\n== 3. loss against time at {content.shape[1]}x{content.shape[0]}, final size only ==")
+  curves = {}
+  for name, config in _ttq_recipes(size).items():
+    warm = config.copy_and_resolve_references()
+    warm.steps = warm.scale_steps = 1
+    multiscale.run(content, [style], warm, weights)  # Compile (persistent cache) before the clock starts.
+    curve, begin = [], time.perf_counter()
+
+    def callbacks_for(scale, curve=curve, begin=begin):
+      if scale.index < scale.count - 1:
+        return []
+      return [lambda step, state, metrics: curve.append(
+          (time.perf_counter() - begin, float(optax.tree.get(state.opt_state, "value"))))]
+
+    image, per_scale = multiscale.run(content, [style], config, weights, callbacks_for=callbacks_for)
+    coarse = sum(s["seconds"] for s in per_scale[:-1])
+    print(f"  {name}: scales {[max(s['height'], s['width']) for s in per_scale]}, coarse scales {coarse:.1f} s, "
+          f"{len(curve)} final-scale iterations in {curve[-1][0]:.1f} s, loss {curve[0][1]:.4g} -> {curve[-1][1]:.4g}")
+    curves[name] = curve
+    _save(f"curves_{name.replace(' ', '_')}_{size}.png", image)
+  best = min(loss for curve in curves.values() for _, loss in curve)
+  print(f"  time (final-scale iterations) to come within x of the lowest loss {best:.6g}:")
+  for within in (1.3, 1.1, 1.05, 1.02, 1.01):
+    cells = []
+    for name, curve in curves.items():
+      hit = next(((i + 1, t) for i, (t, loss) in enumerate(curve) if loss <= within * best), None)
+      cells.append(f"{name} " + (f"{hit[1]:.0f} s ({hit[0]})" if hit else "not reached"))
+    print(f"    {within:.2f}x: " + " | ".join(cells))
+
+
 def bench_gpu(weights):
   if jax.default_backend() != "gpu":
-    print("\n== 3. GPU benchmark skipped: no GPU backend (jax.default_backend() = "
+    print("\n== 4. GPU benchmark skipped: no GPU backend (jax.default_backend() = "
           f"{jax.default_backend()!r}) ==")
     return
   size, steps = FLAGS.gpu_size, FLAGS.gpu_steps
   content, style = _inputs(size)
-  print(f"\n== 3. {steps} L-BFGS iterations at {content.shape[1]}x{content.shape[0]} on {jax.devices()[0]} ==")
+  print(f"\n== 4. {steps} L-BFGS iterations at {content.shape[1]}x{content.shape[0]} on {jax.devices()[0]} ==")
   config = default.get_config()
   config.optimizer, config.max_size, config.steps = "lbfgs", size, steps
   style_s = multiscale.resize_style(style, content.shape[:2], 1.0)
@@ -267,7 +305,7 @@ def main(argv):
                     "picture_size": FLAGS.picture_size, "backend": jax.default_backend(),
                     "cpu_count": os.cpu_count(), "jax": jax.__version__}))
   for name in FLAGS.bench:
-    {"ttq": bench_ttq, "picture": bench_picture, "gpu": bench_gpu}[name](weights)
+    {"ttq": bench_ttq, "picture": bench_picture, "curves": bench_curves, "gpu": bench_gpu}[name](weights)
 
 
 if __name__ == "__main__":

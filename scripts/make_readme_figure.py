@@ -2,7 +2,8 @@
 
     python scripts/make_readme_figure.py --weights random --output docs/images/example.jpg
 
-The result uses the `quality` recipe (coarse-to-fine L-BFGS) with the `balanced` look at 512 px.
+The result uses the `quality` recipe (preconditioned L-BFGS from the recoloured photo) with the `balanced`
+look at 512 px.
 
 With pretrained weights (the default) the result is the familiar painterly look; with `--weights random`
 (all that a machine without network can use) the style statistics still transfer, much less faithfully.
@@ -33,7 +34,7 @@ def main(argv):
   common.enable_compilation_cache()
   content = image_io.load_image(FLAGS.content, FLAGS.max_size)
   style = image_io.load_image(FLAGS.style, FLAGS.max_size)
-  config = presets.apply_preset(quality.get_config(), FLAGS.look)  # Coarse-to-fine L-BFGS.
+  config = presets.apply_preset(quality.get_config(), FLAGS.look)
   config.max_size = FLAGS.max_size
   result, per_scale = multiscale.run(content, [style], config, weights_lib.load_vgg19(FLAGS.weights))
   for s in per_scale:

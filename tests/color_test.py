@@ -56,6 +56,24 @@ def test_match_color_moves_mean_and_covariance_to_the_photo(method):
   assert np.abs(mu_s - mu_p).max() > 0.05 or np.abs(cov_s - cov_p).max() > 0.005
 
 
+def test_mixture_color_stats_are_the_stats_of_the_pooled_pixels():
+  photo, painting = _photo(48), _painting(48)
+  # Equal-size images in equal shares: the mixture is the concatenation of their pixels.
+  painting = image_io.resize(painting, photo.shape[:2])
+  mean, cov = color.mixture_color_stats([photo, painting])
+  pooled_mean, pooled_cov = color.color_stats(np.concatenate([photo, painting], axis=0))
+  np.testing.assert_allclose(mean, pooled_mean, atol=1e-6)
+  np.testing.assert_allclose(cov, pooled_cov, atol=1e-6)
+  # Shares (3, 1): the photo's pixels counted three times.
+  mean, cov = color.mixture_color_stats([photo, painting], [3.0, 1.0])
+  pooled_mean, pooled_cov = color.color_stats(np.concatenate([photo, photo, photo, painting], axis=0))
+  np.testing.assert_allclose(mean, pooled_mean, atol=1e-6)
+  np.testing.assert_allclose(cov, pooled_cov, atol=1e-6)
+  # One image with any share: its own statistics.
+  for got, want in zip(color.mixture_color_stats([painting], [0.3]), color.color_stats(painting)):
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
 def test_prepare_histogram_clipped_stays_close_to_photo_stats():
   photo, painting = _photo(), _painting()
   content, (style,) = color.prepare(photo, [painting], "histogram")

@@ -143,10 +143,13 @@ def test_remat_gives_the_same_loss_and_gradient(weights):
   assert np.abs(grads[False][1]).max() > 0
 
 
-def test_quality_preset_is_coarse_to_fine_lbfgs():
+def test_quality_preset_is_single_scale_preconditioned_lbfgs_from_the_recoloured_photo():
   config = quality.get_config()
   optimize.validate_config(config)
   multiscale.validate(config, 1)
-  assert config.optimizer == "lbfgs"
-  assert multiscale.scale_sizes(512, start=config.scale_start, factor=config.scale_factor)[0] == 128
+  assert config.optimizer == "lbfgs" and config.lbfgs_precondition > 0
+  assert config.init == "recolored_content"
+  assert multiscale.scale_sizes(512, start=config.scale_start, factor=config.scale_factor) == [512]
+  # --scale_start 128 turns on the documented schedule (factor sqrt(2)).
+  assert multiscale.scale_sizes(512, start=128, factor=config.scale_factor) == [128, 181, 256, 362, 512]
 

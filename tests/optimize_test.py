@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image, make_style
-from nst_jax import optimize
+from nst_jax import color, optimize
 from nst_jax.configs import default
 from nst_jax.errors import NstJaxError
 
@@ -105,8 +105,30 @@ def test_init_kinds(pair):
   assert abs(from_style.mean() - style.mean()) < 0.05
   with pytest.raises(NstJaxError):
     optimize.init_image("style", content, None)
+  with pytest.raises(NstJaxError, match="needs a style"):
+    optimize.init_image("recolored_content", content)
   with pytest.raises(NstJaxError):
     optimize.init_image("zeros", content)
+
+
+def test_recolored_content_init_has_the_styles_colours_and_the_photos_structure(pair):
+  content, style = pair
+  recolored = optimize.init_image("recolored_content", content, style)
+  assert recolored.shape == content.shape and recolored.dtype == np.float32
+  assert 0.0 <= recolored.min() and recolored.max() <= 1.0
+  mean, _ = color.color_stats(recolored)
+  style_mean, _ = color.color_stats(style)
+  content_mean, _ = color.color_stats(content)
+  assert np.abs(mean - style_mean).max() < 0.25 * np.abs(content_mean - style_mean).max()
+  # A per-pixel linear map of the colours: the photo's structure (its luminance pattern) is kept.
+  assert np.corrcoef(color.luminance(recolored).ravel(), color.luminance(content).ravel())[0, 1] > 0.9
+  # A blend of two styles aims at the pooled colour statistics; weights (1, 0) equal the first style alone.
+  other = 1.0 - style
+  np.testing.assert_allclose(
+      optimize.init_image("recolored_content", content, [style, other], style_blend_weights=(1.0, 0.0)),
+      recolored, atol=1e-6)
+  blended = optimize.init_image("recolored_content", content, [style, other])
+  assert np.abs(color.color_stats(blended)[0] - color.mixture_color_stats([style, other])[0]).max() < 0.05
 
 
 def test_style_target_independent_of_style_image_size(random_weights):

@@ -12,7 +12,7 @@ from skimage import data
 
 from nst_jax import checkpoint, image_io, rundir, run, vgg
 from nst_jax.commands import report
-from nst_jax.configs import default
+from nst_jax.configs import default, quality
 from nst_jax.errors import NstJaxError
 
 SIZE = 32
@@ -42,9 +42,15 @@ def weights():
 
 
 def small_config(optimizer="adam", steps=6):
-  """Shallow layers keep compilation short; resuming does not depend on which layers are used."""
+  """Shallow layers keep compilation short; resuming does not depend on which layers are used.
+
+  `optimizer='quality'`: the quality preset (preconditioned L-BFGS from the recoloured photo).
+  """
   config = default.get_config()
-  config.optimizer = optimizer
+  if optimizer == "quality":
+    config.update(quality.OVERRIDES)
+  else:
+    config.optimizer = optimizer
   config.max_size = SIZE
   config.steps = steps
   config.log_every = 1
@@ -66,7 +72,8 @@ def signal_at(step, signum):
 
 
 # adam's step donates its input state: the async variant checks that saves copy the arrays first.
-@pytest.mark.parametrize("optimizer, async_save", [("adam", False), ("adam", True), ("lbfgs", False)])
+@pytest.mark.parametrize("optimizer, async_save", [("adam", False), ("adam", True), ("lbfgs", False),
+                                                   ("quality", False)])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, images, weights, optimizer, async_save):
   config = small_config(optimizer, steps=6)
   full = run_dir(tmp_path, "full", config, images, weights)

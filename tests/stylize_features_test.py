@@ -35,7 +35,7 @@ def test_config_from_flags_applies_preset_unless_flag_given():
     config = stylize.config_from_flags()
   finally:
     flags.FLAGS.unparse_flags()
-  assert config.optimizer == "lbfgs" and config.scale_start == 128
+  assert config.optimizer == "lbfgs" and config.init == "recolored_content"
   assert config.scale_steps == 3
   assert config.style_blend_weights == (1.0, 2.0)
 

@@ -61,7 +61,10 @@ flags.DEFINE_enum("tv_kind", _DEFAULTS.tv_kind, ("l2", "l1"), "Total variation: 
 flags.DEFINE_list("content_layers", list(_DEFAULTS.content_layers), "VGG19 layers for the content loss.")
 flags.DEFINE_list("style_layers", list(_DEFAULTS.style_layers), "VGG19 layers for the style loss.")
 flags.DEFINE_list("style_layer_weights", None, "Weight per style layer (default equal, 1/L).")
-flags.DEFINE_enum("init", _DEFAULTS.init, optimize.INIT_KINDS, "Starting image.")
+flags.DEFINE_enum("init", _DEFAULTS.init, optimize.INIT_KINDS,
+                  "Starting image: the photo (content), the photo recoloured to the style's colour mean and "
+                  "covariance (recolored_content: fewer L-BFGS iterations), uniform noise, the style image, or "
+                  "noise with the style's colour statistics (style_stats).")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (noise init).")
 flags.DEFINE_string("weights", None, "VGG19 weights: a Keras .h5, torchvision .pth or nst-jax .npz file, or "
                     "'random' (offline smoke runs, not artistic). Default: cached Keras weights, downloaded "
@@ -72,7 +75,8 @@ flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 flags.DEFINE_boolean("compilation_cache", True, "Keep compiled programs in the cache dir between runs.")
 flags.DEFINE_enum("preset", None, presets.ALL_PRESETS, "Named settings (nst_jax/configs/presets.py): "
                   "the looks faithful | balanced | painterly (content/style balance), or quality "
-                  "(coarse-to-fine L-BFGS, docs/quality-and-speed.md). Flags given explicitly override it.")
+                  "(preconditioned L-BFGS from the recoloured photo, docs/quality-and-speed.md). Flags given "
+                  "explicitly override it.")
 flags.DEFINE_integer("scale_start", _DEFAULTS.scale_start, "Coarse-to-fine: first scale's longest side in "
                      "pixels (0 = one scale at --max_size).")
 flags.DEFINE_float("scale_factor", _DEFAULTS.scale_factor, "Coarse-to-fine: size ratio between scales (> 1).")
@@ -93,7 +97,7 @@ flags.DEFINE_integer("lbfgs_memory", _DEFAULTS.lbfgs_memory, "L-BFGS history siz
 flags.DEFINE_integer("lbfgs_linesearch_steps", _DEFAULTS.lbfgs_linesearch_steps,
                      "L-BFGS: most function evaluations per line search.")
 flags.DEFINE_float("lbfgs_precondition", _DEFAULTS.lbfgs_precondition, "L-BFGS: damp spatial frequency f "
-                   "by |f|^-p in the initial inverse Hessian (0 = stock L-BFGS; the quality preset uses 0.5).")
+                   "by |f|^-p in the initial inverse Hessian (0 = stock L-BFGS; the quality preset uses 0.3).")
 FEATURE_FLAGS = ("scale_start", "scale_factor", "scale_steps", "preserve_colors", "style_scale", "remat",
                  "remat_above_pixels", "lbfgs_memory", "lbfgs_linesearch_steps", "lbfgs_precondition")
 
@@ -220,8 +224,7 @@ def main_workdir(config):
     raise NstJaxError("--checkpoint_every and --snapshot_every must be >= 0 and --keep_checkpoints >= 1")
   if config.scale_start or config.preserve_colors != "none" or len(FLAGS.style) > 1:
     raise NstJaxError("--workdir (resumable runs) supports one style at one scale without colour preservation "
-                      "for now; drop --workdir, or --scale_start/--preset quality/--preserve_colors/the extra "
-                      "--style")
+                      "for now; drop --workdir, or --scale_start/--preserve_colors/the extra --style")
   output = os.path.abspath(FLAGS.output) if FLAGS.output else None
   if output:
     image_io.check_writable(output, overwrite=FLAGS.overwrite or output == _recorded_output(FLAGS.workdir))

@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lbfgs_linesearch_steps = 20
   config.lbfgs_initial_guess = "one"
   # L-BFGS initial inverse Hessian gamma * M with M damping spatial frequency f by |f|^-p (nst_jax/lbfgs.py);
-  # 0 = optax's stock L-BFGS (M = I). The quality preset uses 0.5.
+  # 0 = optax's stock L-BFGS (M = I). The quality preset uses 0.3.
   config.lbfgs_precondition = 0.0
   # Loss = content_weight * content + style_weight * style + tv_weight * tv (Gatys et al. 2016).
   config.content_weight = 1.0
@@ -59,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.style_scale = 1.0
   # Blend weights for several style images (None = equal); normalised to sum to 1.
   config.style_blend_weights = ml_collections.FieldReference(None, field_type=tuple)
-  # Starting image: content | noise | style | style_stats (noise with the style's colour mean/std).
+  # Starting image: content | recolored_content (the photo with the style's colour mean and covariance) |
+  # noise | style | style_stats (noise with the style's colour mean/std).
   config.init = "content"
   config.seed = 0
   config.log_every = 10

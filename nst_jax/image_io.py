@@ -155,12 +155,27 @@ def check_writable(path: str, *, overwrite: bool = False) -> None:
     raise NstJaxError(f"output folder is not writable: {folder}")
 
 
+def _file_mode() -> int:
+  """Permissions of a newly created file under the process umask (what `open(path, 'w')` would give)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+# Read once at import: os.umask can only be read by setting it, which must not race with other threads.
+_NEW_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "wb") -> Iterator:
-  """Opens a temporary file beside `path`; on success renames it over `path`, else deletes it."""
+  """Opens a temporary file beside `path`; on success renames it over `path`, else deletes it.
+
+  The file gets the usual permissions (0666 minus the umask), not mkstemp's private 0600.
+  """
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
   try:
+    os.fchmod(fd, _NEW_FILE_MODE)
     with os.fdopen(fd, mode) as f:
       yield f
     os.replace(tmp, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 
@@ -156,6 +157,17 @@ def test_check_writable(tmp_path):
         image_io.check_writable(str(locked / "out.png"))
   finally:
     locked.chmod(0o700)
+
+
+def test_saved_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+  old = os.umask(0o022)
+  try:
+    assert image_io._file_mode() == 0o644
+  finally:
+    os.umask(old)
+  image_io.save_image(str(tmp_path / "out.png"), np.zeros((4, 4, 3), np.float32))
+  # The process umask (read at import) decides, as for any file the user's tools create.
+  assert stat.S_IMODE(os.stat(tmp_path / "out.png").st_mode) == image_io._NEW_FILE_MODE == image_io._file_mode()
 
 
 def test_atomic_save_never_leaves_half_written_files(tmp_path, monkeypatch):

@@ -77,6 +77,9 @@ flags.DEFINE_enum("preset", None, presets.ALL_PRESETS, "Named settings (nst_jax/
                   "the looks faithful | balanced | painterly (content/style balance), or quality "
                   "(preconditioned L-BFGS from the recoloured photo, docs/quality-and-speed.md). Flags given "
                   "explicitly override it.")
+flags.DEFINE_list("scales", None, "Coarse-to-fine schedule in one flag, START,FACTOR,STEPS: e.g. 128,1.414,40 "
+                  "= sizes 128, 181, 256, ... up to --max_size, 40 steps on each coarser scale (the same as "
+                  "--scale_start 128 --scale_factor 1.414 --scale_steps 40).")
 flags.DEFINE_integer("scale_start", _DEFAULTS.scale_start, "Coarse-to-fine: first scale's longest side in "
                      "pixels (0 = one scale at --max_size).")
 flags.DEFINE_float("scale_factor", _DEFAULTS.scale_factor, "Coarse-to-fine: size ratio between scales (> 1).")
@@ -109,6 +112,20 @@ def _floats(values, name):
     raise NstJaxError(f"--{name} must be a list of numbers, got {','.join(values)}") from None
 
 
+def _schedule_from_scales_flag(values) -> dict:
+  """`--scales START,FACTOR,STEPS` -> the config fields `scale_start`, `scale_factor`, `scale_steps`."""
+  message = f"--scales takes START,FACTOR,STEPS (e.g. 128,1.414,40), got {','.join(values)}"
+  if len(values) != 3:
+    raise NstJaxError(message)
+  try:
+    start, factor, steps = int(values[0]), float(values[1]), int(values[2])
+  except ValueError:
+    raise NstJaxError(message) from None
+  if start < 0 or steps < 0 or not factor > 1.0:
+    raise NstJaxError(f"{message}: START and STEPS must be >= 0 and FACTOR > 1")
+  return {"scale_start": start, "scale_factor": factor, "scale_steps": steps}
+
+
 def config_from_flags():
   """The default config overridden by the command-line flags (validated)."""
   config = default.get_config()
@@ -123,8 +140,13 @@ def config_from_flags():
     config[name] = FLAGS[name].value
   if FLAGS.style_blend_weights:
     config.style_blend_weights = _floats(FLAGS.style_blend_weights, "style_blend_weights")
+  explicit = [name for name in config.keys() if name in FLAGS and FLAGS[name].present]
+  if FLAGS.scales:
+    config.update(_schedule_from_scales_flag(FLAGS.scales))
+    if {"scale_start", "scale_factor", "scale_steps"} & set(explicit):
+      raise NstJaxError("give either --scales or --scale_start/--scale_factor/--scale_steps, not both")
+    explicit += ["scale_start", "scale_factor", "scale_steps"]
   if FLAGS.preset:
-    explicit = [name for name in config.keys() if name in FLAGS and FLAGS[name].present]
     presets.apply_preset(config, FLAGS.preset, keep=explicit)
   if (FLAGS.epochs is None) != (FLAGS.steps_per_epoch is None):
     raise NstJaxError("--epochs and --steps_per_epoch go together")

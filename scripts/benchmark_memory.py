@@ -1,6 +1,7 @@
 """Peak memory (RSS) of one optimisation step at several output sizes, each in a fresh subprocess.
 
     python scripts/benchmark_memory.py --sizes 512,1024,2048 [--optimizer lbfgs] [--remat auto|on|off]
+    python scripts/benchmark_memory.py --sizes 512,1024,2048 --recipe quality   # the quality preset's step
 
 Each child loads a square content and style image of the size, builds the targets, compiles and runs one
 step, and reports `ru_maxrss` (peak resident memory, compilation included) and its wall time. With
@@ -19,7 +20,9 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["512", "1024", "2048"], "Square output sizes (pixels).")
-flags.DEFINE_enum("optimizer", "lbfgs", ("lbfgs", "adam"), "Optimizer of the step.")
+flags.DEFINE_enum("optimizer", "lbfgs", ("lbfgs", "adam"), "Optimizer of the step (--recipe default).")
+flags.DEFINE_enum("recipe", "default", ("default", "quality"), "Settings: the default config with --optimizer, "
+                  "or the quality preset (preconditioned L-BFGS from the recoloured photo; --optimizer unused).")
 flags.DEFINE_enum("remat", "auto", ("auto", "on", "off"), "Rematerialisation of VGG blocks.")
 flags.DEFINE_string("weights", "random", "VGG19 weights (memory does not depend on their values).")
 flags.DEFINE_integer("child", 0, "Internal: run one measurement at this size.")
@@ -30,9 +33,13 @@ def child(size: int) -> None:
   import numpy as np
   from skimage import data
   from nst_jax import image_io, optimize, weights as weights_lib
-  from nst_jax.configs import default
-  config = default.get_config()
-  config.optimizer, config.max_size, config.steps = FLAGS.optimizer, size, 1
+  from nst_jax.configs import default, quality
+  if FLAGS.recipe == "quality":
+    config = quality.get_config()
+  else:
+    config = default.get_config()
+    config.optimizer = FLAGS.optimizer
+  config.max_size, config.steps = size, 1
   threshold = int(config.remat_above_pixels)
   config.remat = {"on": True, "off": False, "auto": 0 < threshold < size * size}[FLAGS.remat]
   weights = weights_lib.load_vgg19(FLAGS.weights)
@@ -41,12 +48,13 @@ def child(size: int) -> None:
   begin = time.perf_counter()
   stylizer = optimize.Stylizer(config)
   targets = optimize.targets_from_config(weights, config, content, [style])
-  state = stylizer.init_state(content)
+  state = stylizer.init_state(optimize.init_image(config.init, content, style))
   state, loss = stylizer.step(state, targets, weights)
   jax.block_until_ready(state.image)
   seconds = time.perf_counter() - begin
   peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB.
-  print(json.dumps({"size": size, "optimizer": FLAGS.optimizer, "remat": config.remat,
+  print(json.dumps({"size": size, "recipe": FLAGS.recipe, "optimizer": config.optimizer,
+                    "lbfgs_precondition": config.lbfgs_precondition, "remat": config.remat,
                     "peak_rss_gib": round(peak_gib, 3), "seconds": round(seconds, 1), "loss": float(loss)}))
 
 
@@ -56,7 +64,7 @@ def main(argv):
     return child(FLAGS.child)
   for size in FLAGS.sizes:
     command = [sys.executable, __file__, f"--child={int(size)}", f"--optimizer={FLAGS.optimizer}",
-               f"--remat={FLAGS.remat}", f"--weights={FLAGS.weights}"]
+               f"--remat={FLAGS.remat}", f"--weights={FLAGS.weights}", f"--recipe={FLAGS.recipe}"]
     result = subprocess.run(command, capture_output=True, text=True)
     lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
     print(lines[-1] if result.returncode == 0 and lines else

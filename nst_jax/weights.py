@@ -203,6 +203,14 @@ def read_torchvision_pth(path: str) -> dict:
 # ---- our own format ---------------------------------------------------------------------------------------
 
 
+def check_npz_output(path: str | None, *, overwrite: bool = False) -> None:
+  """Fails early, before any work, if `path` is not a `.npz` that `save_npz` may write."""
+  if not path or not path.endswith(".npz"):
+    raise NstJaxError(f"--output must end in .npz, got {path or 'nothing'}")
+  if os.path.exists(path) and not overwrite:
+    raise NstJaxError(f"output file already exists: {path} (pass --overwrite to replace it)")
+
+
 def save_npz(path: str, weights: vgg.VGGWeights) -> None:
   """Writes weights in the project's format (atomically): one array per `conv/kernel|bias` + metadata."""
   from nst_jax.image_io import atomic_write

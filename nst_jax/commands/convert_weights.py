@@ -33,10 +33,7 @@ def main(argv):
     return
   if not FLAGS.input or not FLAGS.output:
     raise NstJaxError("--input and --output are required (or --download); see --help")
-  if not FLAGS.output.endswith(".npz"):
-    raise NstJaxError(f"--output must end in .npz, got {FLAGS.output}")
-  if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
-    raise NstJaxError(f"output file already exists: {FLAGS.output} (pass --overwrite to replace it)")
+  weights_lib.check_npz_output(FLAGS.output, overwrite=FLAGS.overwrite)
   weights = weights_lib.load_vgg19(FLAGS.input)
   weights_lib.save_npz(FLAGS.output, weights)
   print(f"wrote {FLAGS.output} ({weights.preprocessing} preprocessing, source sha256 {weights.sha256})")

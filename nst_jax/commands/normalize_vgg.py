@@ -49,10 +49,7 @@ def calibration_images(patterns, size):
 def main(argv):
   if len(argv) > 1:
     raise NstJaxError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS.output or not FLAGS.output.endswith(".npz"):
-    raise NstJaxError("--output must be a .npz file")
-  if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
-    raise NstJaxError(f"output file already exists: {FLAGS.output} (pass --overwrite to replace it)")
+  weights_lib.check_npz_output(FLAGS.output, overwrite=FLAGS.overwrite)
   image_io.check_size(FLAGS.size, "size")
   weights = weights_lib.load_vgg19(FLAGS.weights)
   images = list(calibration_images(FLAGS.images, FLAGS.size))

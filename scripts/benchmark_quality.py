@@ -161,6 +161,13 @@ def _run_quality_until(weights, content, style, target_loss, config):
   return found, config
 
 
+def _compile(config, content, style, weights):
+  """Runs every program of `config`'s schedule for one step, so later runs load them from the cache."""
+  config = config.copy_and_resolve_references()
+  config.steps = config.scale_steps = 1
+  multiscale.run(content, [style], config, weights)
+
+
 def _ttq_recipes(size):
   """The recipes timed against L*: the quality preset, and each `--ttq_variants` change of it."""
   recipes = {"quality preset": _quality_config(size)}
@@ -193,9 +200,7 @@ def bench_ttq(weights):
     cold_adam = time.perf_counter() - begin
     begin = time.perf_counter()
     for config in recipes.values():
-      config = config.copy_and_resolve_references()
-      config.steps = config.scale_steps = 1
-      multiscale.run(content, [style], config, weights)
+      _compile(config, content, style, weights)
     cold_quality = time.perf_counter() - begin
     print(f"  warm-up (compilation, 1 step per program): Adam {cold_adam:.1f} s, L-BFGS recipes "
           f"{cold_quality:.1f} s")
@@ -238,9 +243,7 @@ def bench_curves(weights):
   print(f"\n== 3. loss against time at {content.shape[1]}x{content.shape[0]}, final size only ==")
   curves = {}
   for name, config in _ttq_recipes(size).items():
-    warm = config.copy_and_resolve_references()
-    warm.steps = warm.scale_steps = 1
-    multiscale.run(content, [style], warm, weights)  # Compile (persistent cache) before the clock starts.
+    _compile(config, content, style, weights)  # Before the clock starts.
     curve, begin = [], time.perf_counter()
 
     def callbacks_for(scale, curve=curve, begin=begin):

@@ -18,6 +18,7 @@ import ml_collections
 
 from nst_jax.configs import default
 
+# The fields this preset changes (the stylize command applies them unless a flag sets the same field).
 OVERRIDES = {
     "optimizer": "lbfgs",
     "lbfgs_memory": 10,

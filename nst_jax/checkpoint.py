@@ -94,13 +94,26 @@ class Checkpoints:
     self.save_seconds.append(time.perf_counter() - begin)
     return True
 
+  def read_meta(self, step: int) -> dict:
+    """The JSON metadata of step `step` alone (e.g. to learn which shapes its arrays have)."""
+    self._manager.wait_until_finished()
+    try:
+      return dict(self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    except Exception as e:  # orbax raises many types for damaged files.
+      raise NstJaxError(f"checkpoint {step} in {self.directory} cannot be read ({type(e).__name__})") from e
+
   def restore(self, step: int, abstract_tree: PyTree) -> tuple[PyTree, dict]:
     """Restores step `step` into the structure of `abstract_tree` (e.g. from `jax.eval_shape`).
+
+    `abstract_tree` may also be a function `meta -> abstract tree`, for checkpoints whose shapes depend on
+    what they hold (a coarse-to-fine run's stage).
 
     Raises:
       NstJaxError: the step is missing, unreadable, or its arrays do not match the stored digest.
     """
     self._manager.wait_until_finished()
+    if callable(abstract_tree):
+      abstract_tree = abstract_tree(self.read_meta(step))
     try:
       restored = self._manager.restore(int(step), args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_tree), meta=ocp.args.JsonRestore()))
@@ -115,6 +128,8 @@ class Checkpoints:
 
   def restore_latest(self, abstract_tree: PyTree) -> tuple[int, PyTree, dict] | None:
     """The newest step that restores and verifies: `(step, tree, meta)`, or None when there is none.
+
+    `abstract_tree` is a tree or a function `meta -> tree`, as for `restore`.
 
     A damaged newer step is moved to `<directory>_corrupt/` with a `CheckpointWarning`, and the previous
     one is tried.

@@ -8,7 +8,6 @@ outside the state and are passed, not closed over, so they are not baked into th
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -247,7 +246,7 @@ def init_image(kind: str, content: np.ndarray, style: np.ndarray | Sequence[np.n
   `style` (the first style resized to the output), `style_stats` (noise with the first style's per-channel
   mean and standard deviation). `style` is one image or a list (blended with `style_blend_weights`).
   """
-  styles = [] if style is None else [style] if np.ndim(style) == 3 else list(style)
+  styles = [] if style is None else [style] if isinstance(style, np.ndarray) else list(style)
   if kind == "content":
     return np.asarray(content, np.float32)
   if kind == "noise":
@@ -279,85 +278,80 @@ def init_state(image: jax.typing.ArrayLike, optimizer: optax.GradientTransformat
   return StylizeState(image=image, opt_state=opt_state, step=jnp.int32(0))
 
 
-# ---- compiled engine and run loop --------------------------------------------------------------------------
+# ---- the compiled program ----------------------------------------------------------------------------------
 
-# A callback sees every step: `fn(step, state, metrics)`; metrics is None except at logging steps.
-Callback = Callable[[int, StylizeState, "dict | None"], None]
+
+def make_budgeted_step(step):
+  """`step` with a per-item budget: an item whose `state.step >= budget` keeps its state unchanged.
+
+  Items with different step counts or resume points then share one batch (`nst_jax.engine`); the kept
+  state is selected with `jnp.where`, so an active item's update is exactly the plain step's.
+  """
+
+  def budgeted(state: StylizeState, targets: Targets, weights: vgg.VGGWeights, budget: jax.Array):
+    new_state, value = step(state, targets, weights)
+    active = state.step < budget
+    new_state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
+    return new_state, value
+
+  return budgeted
 
 
 class Stylizer:
-  """Compiled step and evaluation for one config: `jax.jit` once, one compilation per image shape.
+  """The compiled, vmapped program of one static config: `jax.jit` once, one compilation per shape.
 
-  With `batched=True` every function takes a leading batch axis on the state and targets (one item per
-  content/style pair or weight setting) and the weights are broadcast (`vmap` with `in_axes=None`).
+  Every function takes a leading batch axis on the state, targets and budget (B = 1 is a single picture)
+  and broadcasts the weights (`vmap` with `in_axes=None`):
+    step(state [B], targets [B], weights, budget [B]) -> (state [B], loss [B])
+    evaluate(image [B, H, W, 3], targets [B], weights) -> {'total', 'content', 'style', 'tv'} of [B]
+    init_state(image [B, H, W, 3]) -> state [B]
+  The run loop lives in `nst_jax.engine`.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, *, batched: bool = False):
+  def __init__(self, config: ml_collections.ConfigDict):
     validate_config(config)
     self.config = config
     self.spec = loss_spec_from_config(config)
     self.optimizer = make_optimizer(config)
     self.linesearch = uses_linesearch(config)
-    step = make_step(self.spec, self.optimizer, linesearch=self.linesearch)
+    step = make_budgeted_step(make_step(self.spec, self.optimizer, linesearch=self.linesearch))
     loss_fn = make_loss_fn(self.spec)
     evaluate = lambda image, targets, weights: loss_fn(image, targets, weights)[1]
     init = lambda image: init_state(image, self.optimizer)
-    if batched:
-      step = jax.vmap(step, in_axes=(0, 0, None))
-      evaluate = jax.vmap(evaluate, in_axes=(0, 0, None))
-      init = jax.vmap(init)
     # optax's L-BFGS state cannot be donated (it aliases buffers); the first-order states can.
-    self.step = jax.jit(step, donate_argnums=() if self.linesearch else (0,))
-    self.evaluate = jax.jit(evaluate)
-    self.init_state = jax.jit(init)
+    self.step = jax.jit(jax.vmap(step, in_axes=(0, 0, None, 0)),
+                        donate_argnums=() if self.linesearch else (0,))
+    self.evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)))
+    self.init_state = jax.jit(jax.vmap(init))
 
-  def run(self, state: StylizeState, targets: Targets, weights: vgg.VGGWeights, num_steps: int, *,
-          log_every: int | None = None, callbacks: Iterable[Callback] = ()) -> StylizeState:
-    """Runs steps until `state.step == num_steps` (so a restored state continues where it stopped).
-
-    Every `log_every` steps, and at the last step, the losses of the current image are evaluated and passed
-    to the callbacks with `seconds` (wall time since this call) and `steps_per_second`.
-    """
-    log_every = log_every or self.config.log_every
-    callbacks = list(callbacks)
-    start = int(np.max(jax.device_get(state.step)))
-    begin = last_time = time.perf_counter()
-    last_step = start
-    for step in range(start + 1, num_steps + 1):
-      state, _ = self.step(state, targets, weights)
-      metrics = None
-      if step % log_every == 0 or step == num_steps:
-        metrics = jax.device_get(self.evaluate(state.image, targets, weights))
-        now = time.perf_counter()
-        metrics = {k: np.asarray(v).tolist() for k, v in metrics.items()}
-        metrics["seconds"] = now - begin
-        metrics["steps_per_second"] = (step - last_step) / max(now - last_time, 1e-9)
-        last_time, last_step = now, step
-      for callback in callbacks:
-        callback(step, state, metrics)
-    return state
+  def compiled_count(self) -> int:
+    """How many step programs XLA compiled for this config (one per shape and batch size)."""
+    return getattr(self.step, "_cache_size", lambda: 0)()
 
 
 def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
             config: ml_collections.ConfigDict | None = None, *, weights: vgg.VGGWeights | None = None,
-            style_blend_weights: Sequence[float] | None = None,
-            callbacks: Iterable[Callback] = ()) -> np.ndarray:
+            style_blend_weights: Sequence[float] | None = None, hooks: Iterable[Any] = ()) -> np.ndarray:
   """Stylises `content` with `style`: float32 `[H, W, 3]` arrays in [0, 1] -> image of the content's size.
+
+  The library front end of `nst_jax.engine`: every setting of `config` applies (coarse-to-fine, colours,
+  blends, style scale, presets' fields...).
 
   Args:
     content: the photo, already at the output size (see `image_io.load_image`).
-    style: one painting, or a list of paintings blended with `style_blend_weights`.
-    config: settings (`nst_jax.configs.default.get_config()` when None).
+    style: one painting, or a list of paintings (any sizes) blended with `config.style_blend_weights`.
+    config: settings (`nst_jax.configs.default.get_config()` when None), validated here.
     weights: VGG19 weights (`nst_jax.weights.load_vgg19()` when None: cached, or downloaded once).
+    style_blend_weights: shorthand for `config.style_blend_weights`.
+    hooks: `nst_jax.hooks` objects (progress, metrics, previews, stop).
   """
+  from nst_jax import engine
   from nst_jax import weights as weights_lib
   from nst_jax.configs import default
-  config = config or default.get_config()
+  config = ml_collections.ConfigDict((config or default.get_config()).to_dict())
+  if style_blend_weights is not None:
+    config.style_blend_weights = tuple(float(w) for w in style_blend_weights)
   weights = weights or weights_lib.load_vgg19(None)
-  styles = [style] if isinstance(style, np.ndarray) and style.ndim == 3 else list(style)
-  stylizer = Stylizer(config)
-  targets = targets_from_config(weights, config, content, styles, style_blend_weights)
-  state = stylizer.init_state(init_image(config.init, content, styles, seed=config.seed,
-                                          style_blend_weights=style_blend_weights))
-  state = stylizer.run(state, targets, weights, int(config.steps), callbacks=callbacks)
-  return np.asarray(jax.device_get(state.image))
+  job = engine.Job(content=content, styles=engine.as_style_list(style), config=config)
+  (result,) = engine.Engine(weights).run([job], hooks=hooks)
+  return result.image

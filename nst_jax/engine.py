@@ -1,0 +1,564 @@
+"""The one run engine: jobs -> stages -> buckets -> one jitted, vmapped step with per-item budgets -> hooks.
+
+    results = Engine(weights).run([Job(content, [style], settings.resolve({...}))], hooks=[...])
+
+Every front end (the `nst_jax.stylize` library call, the command with or without `--workdir`, `batch`,
+`experiments`, the web server) builds `Job`s from `settings.resolve(...)` and runs them here; none owns a
+loop. What a job's settings mean is decided here only:
+
+- **Stages** (`plan`): the coarse-to-fine schedule of `config.scale_*` (one stage when off). Each stage
+  has its own shape and step count; the first starts from `config.init`, the next ones from the previous
+  result upsampled, with first-order optimizer moments carried over (`carry_opt_state`).
+- **Colours, blends, style scale** are part of the job: `preserve_colors` prepares the images before the
+  targets and finishes the result after the last stage (`nst_jax.color`); the styles, of any shapes, are
+  resized by `style_scale` at every stage and blended by `style_blend_weights` into one Gram target.
+- **Buckets**: items (a job at one of its stages) whose compiled program is the same (`settings.STATIC`,
+  the image shape, remat) run together in one vmapped step, sharded over the mesh, at most `max_batch` at a
+  time. Each item has its own step budget: the step keeps an item's state once `state.step >= budget`
+  (`optimize.make_budgeted_step`), so jobs with different step counts or resume points share a batch.
+  B = 1 is a single picture, not a separate code path.
+- **Checkpoints** (a job with `checkpoint_dir`): orbax, one format everywhere (`nst_jax.checkpoint`). A
+  checkpoint holds the item's state at its stage, the stage index and the job's digest; a job restores
+  its newest one and continues exactly (the stage transition is recomputed from the saved state).
+- **Hooks** (`nst_jax.hooks`): progress, metrics, previews, snapshots, checkpoints' notices and stops
+  (signals, the server's cancel) are objects called at job start, every step, stage end and job end.
+
+Steps are counted per job over all its stages ("global" steps): stage k starts at the sum of the steps
+of the stages before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from nst_jax import batch as mesh_lib, checkpoint, color, image_io, optimize, rundir, settings, vgg
+from nst_jax.errors import NstJaxError
+
+PyTree = Any
+CHECKPOINT_VERSION = 2
+
+
+class Stage(NamedTuple):
+  """One stage of a job: a scale of the coarse-to-fine schedule (or the only one)."""
+  index: int  # 0-based.
+  count: int  # Number of stages.
+  shape: tuple[int, int]  # (H, W) of the image at this stage.
+  steps: int
+  remat: bool
+
+
+def scale_sizes(max_size: int, *, start: int = 0, factor: float = 2 ** 0.5) -> list[int]:
+  """Longest sides of the schedule: `start, start*factor, ...` (rounded, increasing), ending at `max_size`.
+
+  `start <= 0` or `start >= max_size` gives the single scale `[max_size]`.
+  """
+  if start <= 0 or start >= max_size:
+    return [int(max_size)]
+  if factor <= 1.0:
+    raise NstJaxError(f"scale_factor must be > 1, got {factor}")
+  image_io.check_size(int(start), "scale_start")
+  sizes, size = [], float(start)
+  while round(size) < max_size:
+    if not sizes or round(size) > sizes[-1]:
+      sizes.append(int(round(size)))
+    size *= factor
+  # Drop a last coarse scale within 5% of the target: it would cost a compile for nearly nothing.
+  if len(sizes) > 1 and sizes[-1] > 0.95 * max_size:
+    sizes.pop()
+  return sizes + [int(max_size)]
+
+
+def plan(config: ml_collections.ConfigDict, content_shape: Sequence[int]) -> list[Stage]:
+  """The stages of a job whose output has `content_shape` (H, W): its longest side is the final size."""
+  height, width = content_shape[:2]
+  sizes = scale_sizes(max(height, width), start=int(config.scale_start), factor=float(config.scale_factor))
+  threshold = int(config.get("remat_above_pixels", 0) or 0)
+  stages = []
+  for i, size in enumerate(sizes):
+    shape = (height, width) if i == len(sizes) - 1 else image_io.fit_size(height, width, size)
+    steps = int(config.steps) if i == len(sizes) - 1 else int(config.scale_steps)
+    remat = bool(config.remat) or (threshold > 0 and shape[0] * shape[1] > threshold)
+    stages.append(Stage(index=i, count=len(sizes), shape=tuple(shape), steps=steps, remat=remat))
+  return stages
+
+
+def plan_notes(config: ml_collections.ConfigDict, content_shape: Sequence[int]) -> list[str]:
+  """What the plan does that a user might not expect (front ends print these as `note:` lines)."""
+  longest = max(content_shape[:2])
+  if 0 < int(config.scale_start) >= longest:
+    return [f"scale_start {config.scale_start} is not below the output's longest side {longest}: one scale "
+            f"(coarse-to-fine off)"]
+  return []
+
+
+def carry_opt_state(old: PyTree, new: PyTree, old_shape: tuple, new_shape: tuple) -> PyTree:
+  """Moves a first-order optimizer state to a new image shape: image-shaped leaves are resized
+  (bilinear, which keeps second moments non-negative), other leaves (step counts) are kept from `old`.
+
+  L-BFGS is not carried: its curvature pairs (s, y) were measured on the previous scale's problem and
+  would not satisfy the secant condition of the new one, so it starts afresh at each stage.
+  """
+
+  def move(old_leaf, new_leaf):
+    old_leaf, new_leaf = jax.numpy.asarray(old_leaf), jax.numpy.asarray(new_leaf)
+    if old_leaf.shape == tuple(old_shape) and new_leaf.shape == tuple(new_shape):
+      return jax.image.resize(old_leaf, new_shape, "linear").astype(new_leaf.dtype)
+    if old_leaf.shape == new_leaf.shape:
+      return old_leaf
+    return new_leaf
+
+  return jax.tree.map(move, old, new)
+
+
+def resize_style(style: np.ndarray, output_shape: Sequence[int], style_scale: float) -> np.ndarray:
+  """The style image with its longest side `style_scale` times the output's longest side (its short side at
+  least `image_io.MIN_SIZE`, which VGG19's fifth block needs)."""
+  if not np.isfinite(style_scale) or style_scale <= 0:
+    raise NstJaxError(f"style_scale must be positive, got {style_scale}")
+  longest = int(round(style_scale * max(output_shape[:2])))
+  floor = int(np.ceil(image_io.MIN_SIZE * max(style.shape[:2]) / min(style.shape[:2])))
+  return image_io.resize_longest(np.asarray(style, np.float32), max(longest, floor))
+
+
+def as_style_list(style: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+  """One painting or a list of paintings (any shapes) -> a list of float32 `[h, w, 3]` arrays."""
+  styles = [style] if isinstance(style, np.ndarray) else list(style)
+  return [np.asarray(s, np.float32) for s in styles]
+
+
+# ---- jobs --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Job:
+  """One picture to make.
+
+  Attributes:
+    content: the photo, float32 `[H, W, 3]` in [0, 1], at the output size.
+    styles: one or more paintings, float32 `[h, w, 3]`, any sizes (blended by `style_blend_weights`).
+    config: the settings (`settings.resolve`); validated again by the engine.
+    name: a label for progress and logs (e.g. the output path).
+    checkpoint_dir: where the job's checkpoints live (None: none); the job resumes from the newest one.
+  """
+  content: np.ndarray
+  styles: Sequence[np.ndarray]
+  config: ml_collections.ConfigDict
+  name: str = ""
+  checkpoint_dir: str | None = None
+
+
+@dataclasses.dataclass
+class Result:
+  """What a job produced.
+
+  `status` is 'done' (then `image` is the output) or 'stopped' (a hook stopped it; its checkpoint, if it
+  has a checkpoint_dir, is saved and `image` is the current one, colours not finished).
+  """
+  image: np.ndarray
+  status: str
+  step: int  # Global step reached.
+  total_steps: int
+  metrics: dict  # Final losses (of the last stage run).
+  stages: list[dict]  # Per stage: index, height, width, steps, remat, seconds, losses.
+  seconds: float
+
+
+def job_digest(job: Job, weights: vgg.VGGWeights) -> tuple[dict, str]:
+  """`(identity, hash)`: everything that decides the job's image at a given step (`rundir.identity`)."""
+  ident = rundir.identity(job.config, weights_source=weights.source, weights_sha256=weights.sha256,
+                          content=job.content, styles=list(job.styles))
+  return ident, rundir.config_hash(ident)
+
+
+class JobRun:
+  """A job in progress: its stages, prepared images, current stage and state (what hooks see)."""
+
+  def __init__(self, index: int, job: Job, weights: vgg.VGGWeights):
+    self.index, self.job, self.config = index, job, job.config
+    settings.validate(job.config, len(job.styles))
+    if not len(job.styles):
+      raise NstJaxError("at least one style image is needed")
+    self.photo = np.asarray(job.content, np.float32)
+    if self.photo.ndim != 3 or self.photo.shape[-1] != 3:
+      raise NstJaxError(f"content must be [H, W, 3], got shape {self.photo.shape}")
+    self.content, self.styles = color.prepare(self.photo, as_style_list(job.styles), job.config.preserve_colors)
+    self.stages = plan(job.config, self.photo.shape)
+    self.offsets = np.concatenate([[0], np.cumsum([s.steps for s in self.stages])]).astype(int).tolist()
+    self.total_steps = self.offsets[-1]
+    self.identity, self.digest = job_digest(job, weights)
+    self.stage_index = 0
+    self.state: optimize.StylizeState | None = None  # Unbatched, at the current stage.
+    self.targets: optimize.Targets | None = None
+    self.status = "pending"  # pending -> running -> done | stopped
+    self.restored_step: int | None = None  # The global step it resumed from (None: a fresh start).
+    self.saved_step: int | None = None  # The global step of its newest checkpoint.
+    self.notices: list[str] = []  # Messages for the user (e.g. a damaged checkpoint was skipped).
+    self.stage_records: list[dict] = []
+    self.metrics: dict = {}  # The latest logged losses.
+    self.metrics_step = -1  # The local step they were logged at.
+    self.local_step = 0  # Step within the current stage.
+    self.seconds = 0.0  # Wall time of the steps so far, over all sessions (restored from checkpoints).
+    self.clock: float | None = None  # perf_counter() when the current bucket started (None outside one).
+    self.stage_begin = 0.0
+
+  @property
+  def stage(self) -> Stage:
+    return self.stages[self.stage_index]
+
+  def elapsed(self) -> float:
+    """Wall time of the job's steps so far, this bucket included."""
+    return self.seconds + (0.0 if self.clock is None else time.perf_counter() - self.clock)
+
+  @property
+  def step(self) -> int:
+    """The job's global step (over all stages)."""
+    return self.offsets[self.stage_index] + self.local_step
+
+  def image(self) -> np.ndarray:
+    """The current image `[h, w, 3]` at the current stage (colours not finished)."""
+    return np.asarray(jax.device_get(self.state.image))
+
+  def final_image(self) -> np.ndarray:
+    return color.finish(self.image(), self.photo, self.config.preserve_colors)
+
+
+@dataclasses.dataclass
+class CheckpointPolicy:
+  """When the jobs that have a `checkpoint_dir` save: every `every_steps` global steps and/or every
+  `every_seconds` seconds (0 = never), at each stage end, when stopped, and at the end. `keep` is how many
+  checkpoints stay; `async_save` lets steps go on while a checkpoint is written."""
+  every_steps: int = 100
+  every_seconds: float = 0.0
+  keep: int = 3
+  async_save: bool = False
+
+
+class Engine:
+  """Runs `Job`s: compiled programs are cached per static settings, so repeated runs compile nothing.
+
+  Args:
+    weights: VGG19 weights (replicated on every device of the mesh).
+    mesh: a `batch.make_mesh()` mesh to shard batches over, or None for plain single-device arrays.
+    max_batch: most items per compiled batch (None = every compatible item at once).
+    checkpoints: when jobs with a `checkpoint_dir` save.
+  """
+
+  def __init__(self, weights: vgg.VGGWeights, *, mesh=None, max_batch: int | None = None,
+               checkpoints: CheckpointPolicy | None = None):
+    self.raw_weights = weights
+    self.mesh = mesh
+    self.weights = mesh_lib.replicate(weights, mesh)
+    self.max_batch = max_batch
+    self.policy = checkpoints or CheckpointPolicy()
+    self._stylizers: dict[tuple, optimize.Stylizer] = {}
+
+  @property
+  def num_devices(self) -> int:
+    return 1 if self.mesh is None else self.mesh.size
+
+  def compiled_steps(self) -> int:
+    """How many step programs have been compiled (one per static config, shape and batch size)."""
+    return sum(s.compiled_count() for s in self._stylizers.values())
+
+  def stylizer(self, config: ml_collections.ConfigDict, remat: bool) -> optimize.Stylizer:
+    key = (settings.static_key(config), remat)
+    if key not in self._stylizers:
+      stage_config = ml_collections.ConfigDict(config.to_dict())
+      stage_config.remat = remat
+      self._stylizers[key] = optimize.Stylizer(stage_config)
+    return self._stylizers[key]
+
+  @staticmethod
+  def bucket_key(run: JobRun) -> tuple:
+    """Items with equal keys share one compiled program: stage shape, static settings, remat."""
+    return (run.stage.shape, settings.static_key(run.config), run.stage.remat)
+
+  def job_bucket_key(self, job: Job) -> tuple:
+    """The bucket of a job's first stage (how the server groups queued jobs before running them)."""
+    stages = plan(job.config, np.shape(job.content))
+    return (stages[0].shape, settings.static_key(job.config), stages[0].remat)
+
+  # ---- running -----------------------------------------------------------------------------------------------
+
+  def run(self, jobs: Sequence[Job], hooks: Iterable[Any] = ()) -> list[Result]:
+    """Runs every job to its end (or until a hook stops it); `Result`s in the order of `jobs`.
+
+    Raises:
+      NstJaxError: a bad setting or input, or a checkpoint that belongs to another job.
+    """
+    hooks = list(hooks)
+    runs = [JobRun(i, job, self.raw_weights) for i, job in enumerate(jobs)]
+    with _CheckpointStores(runs, self.policy) as stores:
+      for run in runs:
+        self._start(run, stores, hooks)
+      pending = [run for run in runs if run.status == "running"]
+      while pending:
+        key = self.bucket_key(pending[0])
+        group = [run for run in pending if self.bucket_key(run) == key][:self.max_batch or None]
+        self._run_bucket(group, stores, hooks)
+        for run in group:
+          if run.status == "running" and run.local_step >= run.stage.steps:
+            self._end_stage(run, stores, hooks)
+        pending = [run for run in runs if run.status == "running"]
+    return [self._result(run) for run in runs]
+
+  def _enter_stage(self, run: JobRun, index: int, previous: optimize.StylizeState | None) -> None:
+    """Targets and starting state of stage `index` (from `config.init`, or the previous stage's result)."""
+    run.stage_index = index
+    stage = run.stage
+    config = run.config
+    stylizer = self.stylizer(config, stage.remat)
+    content = image_io.resize(run.content, stage.shape)
+    styles = [resize_style(s, stage.shape, float(config.style_scale)) for s in run.styles]
+    run.targets = optimize.targets_from_config(self.raw_weights, config, content, styles,
+                                               config.style_blend_weights)
+    if previous is None:
+      start = optimize.init_image(config.init, content, styles, seed=int(config.seed),
+                                  style_blend_weights=config.style_blend_weights)
+    else:
+      start = image_io.resize(np.asarray(jax.device_get(previous.image)), stage.shape)
+    state = optimize.init_state(start, stylizer.optimizer)
+    if previous is not None and not stylizer.linesearch:
+      state = state.replace(opt_state=carry_opt_state(previous.opt_state, state.opt_state,
+                                                      np.shape(previous.image), start.shape))
+    run.state = state
+    run.local_step = 0
+    run.stage_begin = time.perf_counter()
+
+  def _abstract_state(self, run: JobRun, stage_index: int) -> optimize.StylizeState:
+    stage = run.stages[stage_index]
+    optimizer = self.stylizer(run.config, stage.remat).optimizer
+    image = jax.ShapeDtypeStruct((*stage.shape, 3), np.float32)
+    return jax.eval_shape(lambda x: optimize.init_state(x, optimizer), image)
+
+  def _start(self, run: JobRun, stores: "_CheckpointStores", hooks: list) -> None:
+    """Restores the job's newest checkpoint (if any) or enters its first stage; calls `on_job_start`."""
+    found = stores.restore(run, lambda meta: {"state": self._abstract_state(run, _stage_of(run, meta))})
+    if found is None:
+      self._enter_stage(run, 0, None)
+    else:
+      meta, tree = found
+      stage_index = _stage_of(run, meta)
+      self._enter_stage(run, stage_index, None)  # Targets of that stage; the state is replaced below.
+      run.state = jax.tree.map(jax.numpy.asarray, tree["state"])
+      run.local_step = int(np.asarray(run.state.step))
+      run.seconds = float(meta.get("seconds", 0.0))
+      run.restored_step = run.saved_step = run.step
+      if run.step > run.total_steps:
+        raise NstJaxError(f"{run.job.name or 'the job'} is already at step {run.step}, past its {run.total_steps} "
+                          f"steps; raise steps (or start afresh)")
+    run.status = "running"
+    _call(hooks, "on_job_start", run)
+    # A restored stage that is already complete moves on (or finishes) without a step.
+    while run.status == "running" and run.local_step >= run.stage.steps:
+      self._end_stage(run, stores, hooks)
+
+  def _end_stage(self, run: JobRun, stores: "_CheckpointStores", hooks: list) -> None:
+    if run.metrics_step != run.local_step:  # Logged at the stage's last step, unless restored there.
+      stylizer = self.stylizer(run.config, run.stage.remat)
+      losses = jax.device_get(stylizer.evaluate(run.state.image[None], _batch1(run.targets), self.raw_weights))
+      run.metrics = {k: float(v[0]) for k, v in losses.items()}
+    stage = run.stage
+    run.stage_records.append({"stage": stage.index, "height": stage.shape[0], "width": stage.shape[1],
+                              "steps": stage.steps, "remat": stage.remat,
+                              "seconds": time.perf_counter() - run.stage_begin, **run.metrics})
+    stores.save(run)
+    _call(hooks, "on_stage_end", run)
+    if stage.index + 1 < len(run.stages):
+      self._enter_stage(run, stage.index + 1, run.state)
+    else:
+      run.status = "done"
+      _call(hooks, "on_job_end", run)
+
+  def _run_bucket(self, runs: list[JobRun], stores: "_CheckpointStores", hooks: list) -> None:
+    """Steps one bucket of items until each reaches its stage budget or is stopped."""
+    stylizer = self.stylizer(runs[0].config, runs[0].stage.remat)
+    size = -(-len(runs) // self.num_devices) * self.num_devices
+    padded = runs + [runs[-1]] * (size - len(runs))
+    budgets = np.array([run.stage.steps for run in runs] + [0] * (size - len(runs)), np.int32)
+    starts = np.array([run.local_step for run in runs], np.int64)
+    state = mesh_lib.shard_batch(mesh_lib.stack([run.state for run in padded]), self.mesh)
+    targets = mesh_lib.shard_batch(mesh_lib.stack([run.targets for run in padded]), self.mesh)
+    budget = mesh_lib.shard_batch(budgets, self.mesh)
+    view = BatchView(state)
+    begin = last_log = time.perf_counter()
+    for run in runs:
+      run.clock = begin
+    last_log_steps = starts.copy()
+    for t in range(1, int(np.max(budgets[:len(runs)] - starts)) + 1):
+      active = [i for i in range(len(runs)) if starts[i] + t <= budgets[i]]
+      if not active:
+        break  # Every item reached its budget or was stopped.
+      state, _ = stylizer.step(state, targets, self.weights, budget)
+      view.update(state)
+      now = time.perf_counter()
+      logging = [i for i in active if (starts[i] + t) % int(runs[i].config.log_every) == 0
+                 or starts[i] + t == budgets[i]]
+      losses = None
+      if logging:
+        losses = mesh_lib.to_host(stylizer.evaluate(state.image, targets, self.weights))
+      for i in active:
+        run = runs[i]
+        run.local_step = int(starts[i]) + t
+        metrics = None
+        if i in logging:
+          metrics = {k: float(np.asarray(v)[i]) for k, v in losses.items()}
+          run.metrics, run.metrics_step = dict(metrics), run.local_step
+          metrics["seconds"] = run.elapsed()
+          metrics["steps_per_second"] = (run.local_step - last_log_steps[i]) / max(now - last_log, 1e-9)
+          last_log_steps[i] = run.local_step
+        event = StepEvent(run=run, step=run.step, local_step=run.local_step, metrics=metrics, view=view, item=i)
+        _call(hooks, "on_step", event)
+        stores.maybe_save(event)
+      if logging:
+        last_log = now
+      stopping = [i for i in active if _any(hooks, "should_stop", runs[i])]
+      if stopping:
+        for i in stopping:
+          budgets[i] = starts[i] + t  # Frozen from now on; the others go on.
+          run = runs[i]
+          run.state, run.seconds, run.clock, run.status = view.item_state(i), run.elapsed(), None, "stopped"
+          stores.save(run)
+          _call(hooks, "on_job_stopped", run)
+        budget = mesh_lib.shard_batch(budgets, self.mesh)
+    for i, run in enumerate(runs):
+      if run.status == "running":
+        run.state, run.seconds, run.clock = view.item_state(i), run.elapsed(), None
+
+  def _result(self, run: JobRun) -> Result:
+    done = run.status == "done"
+    return Result(image=run.final_image() if done else run.image(), status=run.status, step=run.step,
+                  total_steps=run.total_steps, metrics=dict(run.metrics), stages=list(run.stage_records),
+                  seconds=run.seconds)
+
+
+@dataclasses.dataclass
+class StepEvent:
+  """What `on_step` hooks get after each step of a job (`metrics` only at its logging steps)."""
+  run: JobRun
+  step: int  # Global step of the job after this step.
+  local_step: int  # Step within the current stage.
+  metrics: dict | None
+  view: "BatchView"
+  item: int
+
+  def image(self) -> np.ndarray:
+    """This job's current image `[h, w, 3]` (one device-to-host copy per batch step, shared by hooks)."""
+    return self.view.host_images()[self.item]
+
+  def state(self) -> optimize.StylizeState:
+    return self.view.item_state(self.item)
+
+
+class BatchView:
+  """The batched state of a bucket, copied to the host at most once per step and sliced per item."""
+
+  def __init__(self, state: optimize.StylizeState):
+    self.update(state)
+
+  def update(self, state: optimize.StylizeState) -> None:
+    self.state, self._images, self._host = state, None, None
+
+  def host_images(self) -> np.ndarray:
+    if self._images is None:
+      self._images = np.asarray(mesh_lib.to_host(self.state.image))
+    return self._images
+
+  def item_state(self, i: int) -> optimize.StylizeState:
+    if self._host is None:
+      self._host = mesh_lib.to_host(self.state)
+    return jax.tree.map(lambda x: np.array(x[i], copy=True), self._host)
+
+
+def _batch1(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: jax.numpy.asarray(x)[None], tree)
+
+
+def _call(hooks: list, name: str, *args) -> None:
+  for hook in hooks:
+    method = getattr(hook, name, None)
+    if method is not None:
+      method(*args)
+
+
+def _any(hooks: list, name: str, *args) -> bool:
+  return any(bool(getattr(hook, name)(*args)) for hook in hooks if hasattr(hook, name))
+
+
+def _stage_of(run: JobRun, meta: dict) -> int:
+  stage = int(meta.get("stage", 0))
+  if not 0 <= stage < len(run.stages):
+    raise NstJaxError(f"checkpoint stage {stage} does not fit the job's {len(run.stages)} stage(s)")
+  return stage
+
+
+class _CheckpointStores:
+  """The orbax `checkpoint.Checkpoints` of every job that has a `checkpoint_dir`, opened and closed together."""
+
+  def __init__(self, runs: list[JobRun], policy: CheckpointPolicy):
+    self.policy = policy
+    self.stores: dict[int, checkpoint.Checkpoints] = {}
+    self.last_saved: dict[int, float] = {}
+    self.runs = runs
+
+  def __enter__(self) -> "_CheckpointStores":
+    for run in self.runs:
+      if run.job.checkpoint_dir is not None:
+        self.stores[run.index] = checkpoint.Checkpoints(run.job.checkpoint_dir, max_to_keep=self.policy.keep,
+                                                        async_save=self.policy.async_save)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for store in self.stores.values():
+      store.close()
+
+  def restore(self, run: JobRun, abstract_fn) -> tuple[dict, PyTree] | None:
+    """The job's newest valid checkpoint `(meta, tree)`, or None; damaged ones are skipped with a notice."""
+    store = self.stores.get(run.index)
+    if store is None:
+      return None
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", checkpoint.CheckpointWarning)
+      found = store.restore_latest(abstract_fn)
+    run.notices += [f"warning: {w.message}" for w in caught]
+    if found is None:
+      return None
+    step, tree, meta = found
+    if meta.get("config_hash") != run.digest:
+      raise NstJaxError(f"checkpoint {step} in {store.directory} belongs to another run (settings or inputs "
+                        f"changed); use another folder, or remove it to start afresh")
+    self.last_saved[run.index] = time.monotonic()
+    return meta, tree
+
+  def save(self, run: JobRun, state: optimize.StylizeState | None = None) -> None:
+    """Saves the job's state at its current step (a no-op without a checkpoint_dir or when saved already)."""
+    store = self.stores.get(run.index)
+    if store is None:
+      return
+    state = run.state if state is None else state
+    local_step = int(np.asarray(jax.device_get(state.step)))
+    meta = {"config_hash": run.digest, "stage": run.stage_index, "local_step": local_step,
+            "version": CHECKPOINT_VERSION, "seconds": run.elapsed()}
+    global_step = run.offsets[run.stage_index] + local_step
+    if store.save(global_step, {"state": state}, meta) and not self.policy.async_save:
+      store.wait_until_finished()
+    self.last_saved[run.index] = time.monotonic()
+    run.saved_step = global_step
+
+  def maybe_save(self, event: StepEvent) -> None:
+    run = event.run
+    if run.index not in self.stores:
+      return
+    policy = self.policy
+    due = bool(policy.every_steps) and event.step % policy.every_steps == 0
+    due = due or (policy.every_seconds > 0 and
+                  time.monotonic() - self.last_saved.get(run.index, 0.0) >= policy.every_seconds)
+    if due:
+      self.save(run, state=event.state())

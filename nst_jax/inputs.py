@@ -1,0 +1,47 @@
+"""Image files -> an engine `Job`: what every front end that reads files does with a photo and paintings.
+
+    job, notes = inputs.load_job("photo.jpg", ["a.jpg", "b.jpg"], config, name="out.png")
+
+The photo is resized so its longest side is `config.max_size`; each painting so its longest side is
+`config.style_scale * max_size` (the engine resizes it again per stage, from this copy). `notes` are
+one-line messages about what happened that a user might not expect (an upscaled photo).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from nst_jax import engine, image_io
+from nst_jax.errors import NstJaxError
+
+
+def prepare_content(image: np.ndarray, max_size: int, what: str = "content image") -> tuple[np.ndarray, list[str]]:
+  """The photo at the output size, and notes. A photo whose short side is under `image_io.MIN_SIZE`
+  pixels is refused (it holds no picture to keep); one smaller than `max_size` is upscaled, with a note."""
+  height, width = image.shape[:2]
+  if min(height, width) < image_io.MIN_SIZE:
+    raise NstJaxError(f"{what} is {width}x{height} pixels; its short side must be at least {image_io.MIN_SIZE} px")
+  notes = []
+  if max(height, width) < max_size:
+    out_h, out_w = image_io.fit_size(height, width, max_size)
+    notes.append(f"{what} {width}x{height} upscaled to {out_w}x{out_h} (max_size {max_size})")
+  return image_io.resize_longest(image, image_io.check_size(int(max_size), "max_size")), notes
+
+
+def style_size(config: ml_collections.ConfigDict) -> int:
+  """The longest side paintings are loaded at: `style_scale x max_size` (at least `image_io.MIN_SIZE`)."""
+  return max(image_io.MIN_SIZE, round(float(config.style_scale) * int(config.max_size)))
+
+
+def load_job(content: str, styles: Sequence[str], config: ml_collections.ConfigDict, *, name: str = "",
+             checkpoint_dir: str | None = None) -> tuple[engine.Job, list[str]]:
+  """Reads the photo and paintings (paths or `skimage:NAME`) into a `Job`; returns `(job, notes)`."""
+  if not styles:
+    raise NstJaxError("at least one style image is needed")
+  photo, notes = prepare_content(image_io.open_image(content), int(config.max_size))
+  paintings = [image_io.load_image(path, style_size(config)) for path in styles]
+  return engine.Job(content=photo, styles=paintings, config=config, name=name,
+                    checkpoint_dir=checkpoint_dir), notes

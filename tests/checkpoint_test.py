@@ -38,14 +38,15 @@ def test_stylize_state_round_trip_is_exact(tmp_path, optimizer, precondition):
   config.optimizer, config.lbfgs_precondition = optimizer, precondition
   stylizer = optimize.Stylizer(config)
   image = np.random.default_rng(0).uniform(size=(12, 10, 3)).astype(np.float32)
-  state = stylizer.init_state(image)
+  state = optimize.init_state(image, stylizer.optimizer)
   # Non-trivial optimizer state: perturb every float leaf.
   state = jax.tree.map(lambda x: x + 0.25 if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x + 3, state)
   tree = {"state": state, "seed": np.int32(7)}
   with checkpoint.Checkpoints(str(tmp_path / "ck")) as ckpt:
     ckpt.save(5, tree, {"config_hash": "h"})
     ckpt.wait_until_finished()
-    abstract = {"state": jax.eval_shape(stylizer.init_state, image), "seed": jax.ShapeDtypeStruct((), np.int32)}
+    abstract = {"state": jax.eval_shape(lambda x: optimize.init_state(x, stylizer.optimizer), image),
+                "seed": jax.ShapeDtypeStruct((), np.int32)}
     step, restored, meta = ckpt.restore_latest(abstract)
   assert step == 5 and meta["config_hash"] == "h" and meta["step"] == 5
   assert isinstance(restored["state"], optimize.StylizeState)

@@ -66,7 +66,7 @@ def wait_for_step(process, workdir, step, timeout=240.0):
 def final_image(workdir, reference):
   """The float image of the run's last checkpoint (exact, unlike the 8-bit final.png)."""
   _, stylizer, content = reference
-  abstract = {"state": jax.eval_shape(stylizer.init_state, content), "seed": jax.ShapeDtypeStruct((), np.int32)}
+  abstract = {"state": jax.eval_shape(lambda x: optimize.init_state(x, stylizer.optimizer), content)}
   with checkpoint.Checkpoints(os.path.join(workdir, rundir.CHECKPOINTS)) as ckpt:
     step, tree, _ = ckpt.restore_latest(abstract)
   assert step == STEPS

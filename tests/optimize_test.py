@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image, make_style
-from nst_jax import color, optimize
+from nst_jax import color, engine, hooks, optimize
 from nst_jax.configs import default
 from nst_jax.errors import NstJaxError
 
@@ -30,32 +30,39 @@ def pair():
   return make_image(32, 32, seed=0), make_style(40, 40, seed=1)
 
 
+def batch1(tree):
+  return jax.tree.map(lambda x: np.asarray(x)[None], tree)
+
+
 @pytest.mark.parametrize("name", optimize.OPTIMIZERS)
 def test_each_optimizer_lowers_the_loss(random_weights, pair, name):
   content, style = pair
-  config = small_config(optimizer=name, lr=LR[name], init="noise", steps=8)
-  stylizer = optimize.Stylizer(config)
-  targets = optimize.targets_from_config(random_weights, config, content, [style])
+  config = small_config(optimizer=name, lr=LR[name], init="noise", steps=8, log_every=4)
   if name == "sgd":  # Plain SGD's step scales with the gradient: pick lr from its size.
-    state = stylizer.init_state(optimize.init_image("noise", content, seed=0))
-    grad = jax.jit(jax.grad(lambda x: optimize.make_loss_fn(stylizer.spec)(x, targets, random_weights)[0]))(
-        state.image)
+    spec = optimize.loss_spec_from_config(config)
+    targets = optimize.targets_from_config(random_weights, config, content, [style])
+    image = optimize.init_image("noise", content, seed=0)
+    grad = jax.jit(jax.grad(lambda x: optimize.make_loss_fn(spec)(x, targets, random_weights)[0]))(image)
     config.lr = float(1e-2 / np.abs(np.asarray(grad)).max())
-    stylizer = optimize.Stylizer(config)
-  state = stylizer.init_state(optimize.init_image(config.init, content, seed=0))
-  start = float(stylizer.evaluate(state.image, targets, random_weights)["total"])
+  stylizer = optimize.Stylizer(config)
+  # The engine resizes the painting to the output (style_scale 1): the same targets here.
+  resized = engine.resize_style(style, content.shape, 1.0)
+  targets = batch1(optimize.targets_from_config(random_weights, config, content, [resized]))
+  start = float(stylizer.evaluate(optimize.init_image(config.init, content, seed=0)[None], targets,
+                                  random_weights)["total"][0])
   records = []
-  state = stylizer.run(state, targets, random_weights, config.steps, log_every=4,
-                       callbacks=[lambda step, s, m: records.append((step, m))])
-  end = float(stylizer.evaluate(state.image, targets, random_weights)["total"])
+  (result,) = engine.Engine(random_weights).run(
+      [engine.Job(content, [style], config)], hooks=[hooks.Callback(lambda e: records.append((e.step, e.metrics)))])
+  end = float(stylizer.evaluate(result.image[None], targets, random_weights)["total"][0])
   assert end < 0.9 * start, (name, start, end)
-  image = np.asarray(state.image)
-  assert image.min() >= 0.0 and image.max() <= 1.0
-  assert int(state.step) == config.steps
+  assert result.image.min() >= 0.0 and result.image.max() <= 1.0
+  assert result.step == config.steps and result.status == "done"
+  assert [step for step, _ in records] == list(range(1, 9))
   logged = [(step, m) for step, m in records if m is not None]
   assert [step for step, _ in logged] == [4, 8]
   assert set(logged[-1][1]) >= {"total", "content", "style", "tv", "seconds", "steps_per_second"}
   np.testing.assert_allclose(logged[-1][1]["total"], end, rtol=1e-5)
+  np.testing.assert_allclose(result.metrics["total"], end, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["adam", "lbfgs"])
@@ -65,31 +72,36 @@ def test_step_compiles_once_per_shape(random_weights, name):
 
   def run(size, steps):
     content, style = make_image(size, size), make_style(size, size)
-    targets = optimize.targets_from_config(random_weights, config, content, [style])
-    state = stylizer.init_state(content)
+    targets = batch1(optimize.targets_from_config(random_weights, config, content, [style]))
+    state = stylizer.init_state(content[None])
     for _ in range(steps):
-      state, _ = stylizer.step(state, targets, random_weights)
+      state, _ = stylizer.step(state, targets, random_weights, np.array([steps], np.int32))
     jax.block_until_ready(state)
 
   run(32, 5)
-  assert stylizer.step._cache_size() == 1
-  run(32, 2)  # New targets and weights values, same shapes: no recompilation.
-  assert stylizer.step._cache_size() == 1
+  assert stylizer.compiled_count() == 1
+  run(32, 2)  # New targets, weights and budget values, same shapes: no recompilation.
+  assert stylizer.compiled_count() == 1
   run(24, 2)
-  assert stylizer.step._cache_size() == 2
+  assert stylizer.compiled_count() == 2
 
 
-def test_run_continues_from_state_step(random_weights, pair):
+def test_budgeted_step_keeps_items_past_their_budget(random_weights, pair):
   content, style = pair
   config = small_config(steps=4)
   stylizer = optimize.Stylizer(config)
   targets = optimize.targets_from_config(random_weights, config, content, [style])
-  seen = []
-  state = stylizer.run(stylizer.init_state(content), targets, random_weights, 2,
-                       callbacks=[lambda step, s, m: seen.append(step)])
-  state = stylizer.run(state, targets, random_weights, 4, callbacks=[lambda step, s, m: seen.append(step)])
-  assert seen == [1, 2, 3, 4]
-  assert int(state.step) == 4
+  targets = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2), targets)
+  state = stylizer.init_state(np.stack([content, content]))
+  budget = np.array([1, 3], np.int32)
+  for _ in range(3):
+    state, _ = stylizer.step(state, targets, random_weights, budget)
+  assert np.asarray(state.step).tolist() == [1, 3]
+  once = stylizer.init_state(content[None])
+  once, _ = stylizer.step(once, batch1(optimize.targets_from_config(random_weights, config, content, [style])),
+                          random_weights, np.array([1], np.int32))
+  np.testing.assert_allclose(np.asarray(state.image)[0], np.asarray(once.image)[0], atol=1e-6)
+  assert not np.allclose(np.asarray(state.image)[1], np.asarray(state.image)[0])
 
 
 def test_init_kinds(pair):
@@ -216,14 +228,15 @@ def test_preconditioned_lbfgs_lowers_the_loss_and_keeps_its_state(random_weights
   content, style = pair
   config = small_config(optimizer="lbfgs", lbfgs_precondition=0.3, steps=6)
   stylizer = optimize.Stylizer(config)
-  targets = optimize.targets_from_config(random_weights, config, content, [style])
-  state = stylizer.init_state(content)
+  targets = batch1(optimize.targets_from_config(random_weights, config, content, [style]))
+  state = stylizer.init_state(content[None])
   assert isinstance(state.opt_state[0], lbfgs.PreconditionedLBFGSState)
-  start = float(stylizer.evaluate(state.image, targets, random_weights)["total"])
-  state = stylizer.run(state, targets, random_weights, config.steps)
-  assert float(stylizer.evaluate(state.image, targets, random_weights)["total"]) < 0.5 * start
-  assert int(state.opt_state[0].count) == config.steps
-  assert float(np.asarray(state.opt_state[0].rho)[:config.steps - 1].min()) > 0  # Pairs 1..5 were kept.
+  start = float(stylizer.evaluate(state.image, targets, random_weights)["total"][0])
+  for _ in range(config.steps):
+    state, _ = stylizer.step(state, targets, random_weights, np.array([config.steps], np.int32))
+  assert float(stylizer.evaluate(state.image, targets, random_weights)["total"][0]) < 0.5 * start
+  assert int(state.opt_state[0].count[0]) == config.steps
+  assert float(np.asarray(state.opt_state[0].rho)[0, :config.steps - 1].min()) > 0  # Pairs 1..5 were kept.
 
 
 @pytest.mark.parametrize("overrides, message", [

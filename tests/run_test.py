@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from nst_jax import checkpoint, image_io, rundir, run, vgg
+from nst_jax import checkpoint, engine, hooks, image_io, rundir, run, vgg
 from nst_jax.commands import report
 from nst_jax.configs import default, quality
 from nst_jax.errors import NstJaxError
@@ -59,14 +59,26 @@ def small_config(optimizer="adam", steps=6):
   return config
 
 
-def run_dir(tmp_path, name, config, images, weights, **kwargs):
+class _Starts:
+  """Records the step each run starts from (0, or the restored step)."""
+
+  def __init__(self, out):
+    self.out = out
+
+  def on_job_start(self, run):
+    self.out.append(run.restored_step or 0)
+
+
+def run_dir(tmp_path, name, config, images, weights, callbacks=(), on_start=None, **kwargs):
   kwargs = {"checkpoint_every": 2, "snapshot_every": 2, "log": lambda line: None, **kwargs}
-  return run.run_in_workdir(config, str(tmp_path / name), images[0], images[1], weights, **kwargs)
+  run_hooks = [hooks.Callback(c) for c in callbacks] + ([_Starts(on_start)] if on_start is not None else [])
+  job = engine.Job(images[0], images[1], config)
+  return run.run_in_workdir(job, str(tmp_path / name), weights, hooks=run_hooks, **kwargs)
 
 
 def signal_at(step, signum):
-  def callback(s, state, metrics):
-    if s == step:
+  def callback(event):
+    if event.step == step:
       os.kill(os.getpid(), signum)
   return callback
 
@@ -83,7 +95,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, images, weig
             async_save=async_save)
   assert info.value.exit_code == 143 and info.value.step == 3
   starts = []
-  resumed = run_dir(tmp_path, "resumed", config, images, weights, on_start=starts.append,
+  resumed = run_dir(tmp_path, "resumed", config, images, weights, on_start=starts,
                     async_save=async_save)
   assert starts == [3]
   assert np.max(np.abs(resumed - full)) <= 1e-6
@@ -139,7 +151,7 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, image
   meta_file.write_text(meta_file.read_text()[:20])  # Half-written.
   config.steps = 6
   logged, starts = [], []
-  image = run_dir(tmp_path, "w", config, images, weights, log=logged.append, on_start=starts.append)
+  image = run_dir(tmp_path, "w", config, images, weights, log=logged.append, on_start=starts)
   assert starts == [2]
   assert any(line.startswith("warning: checkpoint 4") for line in logged)
   assert np.max(np.abs(image - full)) <= 1e-6
@@ -158,12 +170,12 @@ def test_incompatible_settings_are_refused_unless_overwrite(tmp_path, images, we
   with pytest.raises(NstJaxError, match="changed: weights"):
     run_dir(tmp_path, "w", config, images, vgg.random_weights(1))
   starts = []
-  run_dir(tmp_path, "w", other, images, weights, overwrite=True, on_start=starts.append)
+  run_dir(tmp_path, "w", other, images, weights, overwrite=True, on_start=starts)
   assert starts == [0]
   assert json.load(open(tmp_path / "w" / rundir.CONFIG))["config"]["style_weight"] == 123.0
   config.steps = 1  # Fewer steps than already done.
   other.steps = 1
-  with pytest.raises(NstJaxError, match="already at step 2, past --steps 1"):
+  with pytest.raises(NstJaxError, match="already at step 2, past its 1 steps"):
     run_dir(tmp_path, "w", other, images, weights)
 
 

@@ -60,7 +60,7 @@ def test_scales_flag_sets_the_schedule_and_beats_the_preset():
     (["--scales=128,x,40"], "START,FACTOR,STEPS"),
     (["--scales=128,1.0,40"], "FACTOR > 1"),
     (["--scales=-5,1.5,40"], ">= 0"),
-    (["--scales=128,1.5,40", "--scale_steps=3"], "either --scales"),
+    (["--scales=128,1.5,40", "--scale_steps=3"], "either scales"),
 ])
 def test_bad_scales_flag_is_a_one_line_error(args, message):
   from nst_jax.errors import NstJaxError

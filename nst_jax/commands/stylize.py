@@ -81,6 +81,11 @@ def settings_from_flags() -> dict:
           if FLAGS[name].present}
 
 
+def config_from_flags():
+  """`settings.resolve` of the command line (blend weights checked against the --style count, if any)."""
+  return settings.resolve(settings_from_flags(), num_styles=len(FLAGS.style) if FLAGS.style else None)
+
+
 def metrics_path(output: str) -> str:
   """Where a run without --workdir logs its losses: `<output stem>.metrics.jsonl`."""
   return os.path.splitext(output)[0] + ".metrics.jsonl"
@@ -94,12 +99,14 @@ def load_weights():
   return weights
 
 
-def load_job(config, **kwargs) -> engine.Job:
-  """The job of --content and --style; prints its notes (an upscaled photo, a schedule that is off)."""
+def load_job_and_weights(config, **kwargs) -> tuple[engine.Job, object]:
+  """The job of --content and --style and the VGG19 weights; then prints the job's notes (an upscaled
+  photo, a schedule that is off), so that a bad input or missing weights are one `error:` line alone."""
   job, notes = inputs.load_job(FLAGS.content, FLAGS.style, config, **kwargs)
+  weights = load_weights()
   for note in notes + engine.plan_notes(config, job.content.shape):
     print(f"note: {note}", file=sys.stderr)
-  return job
+  return job, weights
 
 
 def main(argv):
@@ -109,12 +116,11 @@ def main(argv):
   for name in ("content", "style", "output"):
     if not FLAGS[name].value and not (name == "output" and FLAGS.workdir):
       raise NstJaxError(f"--{name} is required (see --help)")
-  config = settings.resolve(settings_from_flags(), num_styles=len(FLAGS.style))
+  config = config_from_flags()
   if FLAGS.workdir:
     return main_workdir(config)
   image_io.check_writable(FLAGS.output, overwrite=FLAGS.overwrite)
-  job = load_job(config, name=FLAGS.output)
-  weights = load_weights()
+  job, weights = load_job_and_weights(config, name=FLAGS.output)
   progress = hooks.ProgressBar(disable=not FLAGS.progress)
   log = hooks.MetricsLog(lambda run: metrics_path(FLAGS.output))
   start = time.perf_counter()
@@ -145,8 +151,7 @@ def main_workdir(config):
   output = os.path.abspath(FLAGS.output) if FLAGS.output else None
   if output:
     image_io.check_writable(output, overwrite=FLAGS.overwrite or output == _recorded_output(FLAGS.workdir))
-  job = load_job(config, name=FLAGS.workdir)
-  weights = load_weights()
+  job, weights = load_job_and_weights(config, name=FLAGS.workdir)
   described = {"content": os.path.abspath(FLAGS.content), "styles": [os.path.abspath(p) for p in FLAGS.style],
                "output": output, "weights_flag": FLAGS.weights}
   progress = hooks.ProgressBar(disable=not FLAGS.progress)

@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   # default: on XLA:CPU block remat did not lower peak memory (+20% in XLA's own analysis; see
   # docs/quality-and-speed.md), so it is left for accelerators to try.
   config.remat_above_pixels = 0
-  # Coarse-to-fine (nst_jax/multiscale.py): scale_start 0 = one scale at max_size. Otherwise sizes
+  # Coarse-to-fine (nst_jax/engine.py stages): scale_start 0 = one scale at max_size. Otherwise sizes
   # scale_start, scale_start * scale_factor, ... up to max_size; each coarser scale runs scale_steps steps,
   # the final scale runs `steps`, and each starts from the upsampled previous result.
   config.scale_start = 0

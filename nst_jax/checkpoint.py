@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
+import threading
 import time
 import warnings
 from typing import Any
@@ -38,6 +40,27 @@ PyTree = Any
 
 class CheckpointWarning(UserWarning):
   """A damaged checkpoint was skipped."""
+
+
+def _ignore_late_tensorstore_callbacks(previous_hook):
+  """An `sys.unraisablehook` that drops one known, harmless message and passes everything else on.
+
+  When orbax fails to read a damaged checkpoint, its `asyncio.run` closes the event loop while tensorstore
+  still has reads in flight; their completion callbacks, on tensorstore's own threads, then hit the closed
+  loop and Python prints "Exception ignored ... RuntimeError: Event loop is closed". The restore has
+  already failed cleanly (and we fall back to an older checkpoint), so that message is noise to users.
+  """
+
+  def hook(unraisable):
+    if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+        and threading.current_thread() is not threading.main_thread()):
+      return
+    previous_hook(unraisable)
+
+  return hook
+
+
+sys.unraisablehook = _ignore_late_tensorstore_callbacks(sys.unraisablehook)
 
 
 def host_copy(tree: PyTree) -> PyTree:

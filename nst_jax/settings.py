@@ -56,7 +56,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lbfgs_memory", "int", "L-BFGS history size"),
     Setting("lbfgs_linesearch_steps", "int", "L-BFGS: most function evaluations per line search"),
     Setting("lbfgs_initial_guess", "str", "L-BFGS: first trial step of the line search", ("one", "keep")),
-    Setting("lbfgs_precondition", "float", "L-BFGS: damp spatial frequency f by |f|^-p in the initial inverse "
+    Setting("lbfgs_precondition", "float", "L-BFGS: damp spatial frequency f by f^-p in the initial inverse "
             "Hessian (0 = optax's stock L-BFGS)"),
     Setting("content_weight", "float", "alpha: weight of the content loss"),
     Setting("style_weight", "float", "beta: weight of the style loss"),
@@ -272,13 +272,14 @@ def _show(value: Any) -> str:
 def markdown_table() -> str:
   """docs/settings.md's table: name, default, meaning (with choices), presets that change it."""
   defaults = default.get_config()
-  lines = ["| setting | default | meaning | changed by presets |", "|---|---|---|---|"]
+  lines = ["| setting | default | meaning | changed by presets | compiled |", "|---|---|---|---|---|"]
   for s in SETTINGS:
     choices = " \\| ".join(s.choices or ())
     meaning = s.help + (f" ({choices})" if choices else "")
     changed = [f"{p} ({_show(presets.get_preset(p)[s.name])})" for p in presets.ALL_PRESETS
                if s.name in presets.get_preset(p) and presets.get_preset(p)[s.name] != defaults[s.name]]
-    lines.append(f"| `{s.name}` | {_show(defaults[s.name])} | {meaning} | {', '.join(changed) or '-'} |")
+    compiled = "yes" if s.name in STATIC else "-"
+    lines.append(f"| `{s.name}` | {_show(defaults[s.name])} | {meaning} | {', '.join(changed) or '-'} | {compiled} |")
   lines += ["", "| shorthand | meaning |", "|---|---|"]
   lines += [f"| `{name}` | {text} |" for name, text in SHORTHANDS.items()]
   return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Tests for nst_jax.settings: one name per setting everywhere, one place that parses and validates."""
+
+import os
+
+import pytest
+
+from nst_jax import settings
+from nst_jax.commands import stylize
+from nst_jax.configs import default, presets
+from nst_jax.errors import NstJaxError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_config_field_is_a_setting_and_a_flag():
+  assert set(settings.NAMES) == set(default.get_config().keys())
+  from absl import flags
+  for name in settings.NAMES + tuple(settings.SHORTHANDS):
+    assert name in flags.FLAGS, name
+  for preset in presets.ALL_PRESETS:
+    assert set(presets.get_preset(preset)) <= set(settings.NAMES), preset
+  assert set(settings.STATIC) <= set(settings.NAMES)
+
+
+def test_text_values_parse_like_typed_ones():
+  typed = settings.resolve({"style_weight": 3e4, "steps": 7, "content_layers": ("relu2_1",), "remat": True,
+                            "style_blend_weights": (3.0, 1.0)})
+  text = settings.resolve({"style_weight": "3e4", "steps": "7", "content_layers": "relu2_1", "remat": "true",
+                           "style_blend_weights": "3;1"})
+  assert typed.to_dict() == text.to_dict()
+  assert text.style_blend_weights == (3.0, 1.0) and text.steps == 7 and text.remat is True
+
+
+def test_empty_values_keep_the_preset_and_given_values_beat_it():
+  config = settings.resolve({"preset": "quality", "steps": "", "style_weight": None, "lr": "",
+                             "optimizer": ""})
+  assert (config.optimizer, config.steps) == ("lbfgs", 100)
+  config = settings.resolve({"preset": "quality", "steps": 7, "init": "noise"})
+  assert (config.optimizer, config.steps, config.init) == ("lbfgs", 7, "noise")
+
+
+def test_shorthands():
+  config = settings.resolve({"scales": "128,1.5,7", "epochs": 3, "steps_per_epoch": 5})
+  assert (config.scale_start, config.scale_factor, config.scale_steps, config.steps) == (128, 1.5, 7, 15)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"stlye_weight": 1}, "unknown setting 'stlye_weight'; did you mean 'style_weight'"),
+    ({"size": 256}, "unknown setting 'size'"),
+    ({"style_layers": "relu9_9"}, "relu9_9"),
+    ({"steps": "ten"}, "steps must be an integer"),
+    ({"steps": 2.5}, "steps must be an integer"),
+    ({"style_weight": -1}, "style_weight must be non-negative"),
+    ({"optimizer": "adamw"}, "unknown optimizer 'adamw'"),
+    ({"preserve_colors": "yes"}, "unknown preserve_colors"),
+    ({"remat": "maybe"}, "remat must be true or false"),
+    ({"scales": "128,1.4"}, "START,FACTOR,STEPS"),
+    ({"scales": "128,1.0,40"}, "FACTOR > 1"),
+    ({"scales": "128,1.5,40", "scale_steps": 3}, "either scales or scale_steps"),
+    ({"epochs": 3}, "go together"),
+    ({"epochs": 3, "steps_per_epoch": 2, "steps": 5}, "either steps or epochs"),
+    ({"style_scale": 0}, "style_scale must be positive"),
+    ({"style_scale": 20, "max_size": 1024}, "over the 8192 px limit"),
+    ({"preset": "loud"}, "unknown preset"),
+    ({"log_every": 0}, "log_every must be >= 1"),
+    ({"style_blend_weights": "0,0"}, "not all 0"),
+])
+def test_bad_values_are_errors_that_name_the_setting(values, message):
+  with pytest.raises(NstJaxError, match=message):
+    settings.resolve(values)
+
+
+def test_blend_weights_are_checked_against_the_style_count_only_when_it_is_known():
+  assert settings.resolve({"style_blend_weights": "3,1"}).style_blend_weights == (3.0, 1.0)
+  settings.resolve({"style_blend_weights": "3,1"}, num_styles=2)
+  with pytest.raises(NstJaxError, match="2 style_blend_weights for 1 style image"):
+    settings.resolve({"style_blend_weights": "3,1"}, num_styles=1)
+
+
+def test_docs_settings_table_is_current():
+  with open(os.path.join(ROOT, "docs", "settings.md"), encoding="utf-8") as f:
+    text = f.read()
+  assert settings.markdown_table() in text, "regenerate the table: python -m nst_jax.settings"
+
+
+def test_stylize_flags_are_the_settings(tmp_path):
+  from absl import flags
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["stylize", "--preset=painterly", "--style_layers=relu1_1,relu2_1", "--preserve_colors=histogram",
+                 "--style=a.png", "--style=b.png", "--style_blend_weights=3,1"])
+    config = stylize.config_from_flags()
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert config.to_dict() == settings.resolve({
+      "preset": "painterly", "style_layers": "relu1_1,relu2_1", "preserve_colors": "histogram",
+      "style_blend_weights": "3,1"}, num_styles=2).to_dict()

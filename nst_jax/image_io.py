@@ -151,8 +151,12 @@ def check_writable(path: str, *, overwrite: bool = False) -> None:
     raise NstJaxError(f"unknown image format for output {path!r}; use e.g. .png or .jpg")
   if not os.path.isdir(folder):
     raise NstJaxError(f"output folder does not exist: {folder}")
-  if not os.access(folder, os.W_OK):
-    raise NstJaxError(f"output folder is not writable: {folder}")
+  try:  # os.access says yes to root even where nothing can be created (e.g. /proc): try it.
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-")
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise NstJaxError(f"output folder is not writable: {folder} ({e.strerror})") from None
 
 
 def _file_mode() -> int:
@@ -194,5 +198,5 @@ def save_image(path: str, image) -> None:
   try:
     with atomic_write(path) as f:
       Image.fromarray(to_uint8(image)).save(f, format=image_format)
-  except PermissionError:
-    raise NstJaxError(f"cannot write {path}: permission denied") from None
+  except OSError as e:
+    raise NstJaxError(f"cannot write {path}: {e.strerror or e}") from None

@@ -94,6 +94,7 @@ def bad_cases(files, keras_h5):
   (files / "bomb.png").write_bytes(_png_header(50_000, 50_000))
   (files / "bad.h5").write_bytes(open(keras_h5, "rb").read()[:5000])
   (files / "a_file").write_text("")
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(files / "one_pixel.png")
   out = files / "out" / "x.png"
   good = ("--style", style, "--output", out, "--weights", keras_h5, "--steps", 1)
   offline = {"NST_JAX_WEIGHTS_URL": "http://127.0.0.1:1/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"}
@@ -115,6 +116,9 @@ def bad_cases(files, keras_h5):
       ("folder is a file", ("--content", content, "--style", style, "--output", files / "a_file" / "x.png",
                             "--weights", keras_h5), {}, ["a_file"]),
       ("missing --style", ("--content", content, "--output", out), {}, ["--style"]),
+      ("1x1 content", ("--content", files / "one_pixel.png", *good), {}, ["1x1", "at least 16"]),
+      ("unwritable output", ("--content", content, "--style", style, "--output", "/proc/x.png", "--weights",
+                             keras_h5), {}, ["not writable", "/proc"]),
       ("bad weights file", ("--content", content, "--style", style, "--output", out, "--weights",
                             files / "bad.h5"), {}, ["bad.h5"]),
       ("no weights offline", ("--content", content, "--style", style, "--output", out), offline,
@@ -124,7 +128,8 @@ def bad_cases(files, keras_h5):
 
 CASE_NAMES = ["missing file", "non-image", "truncated", "zero size", "bomb", "max_size", "unknown layer",
               "negative weight", "negative layer weight", "negative lr", "bad number", "unwritable folder",
-              "folder is a file", "missing --style", "bad weights file", "no weights offline"]
+              "folder is a file", "missing --style", "1x1 content", "unwritable output", "bad weights file",
+              "no weights offline"]
 
 
 def assert_one_line_error(result, words):
@@ -157,3 +162,29 @@ def test_existing_output_is_not_overwritten(files, keras_h5):
   assert_one_line_error(result, ["already exists", "--overwrite"])
   assert output.read_bytes() == b"precious"
   assert os.listdir(files / "out") == ["x.png"]
+
+
+def test_help_names_every_command(files):
+  for args in (("help",), ("--help",)):
+    result = nst_jax(*args, home=files / "home")
+    assert result.returncode == 0, result.stderr
+    for command in ("batch", "serve", "report", "experiments", "convert_weights", "normalize_vgg"):
+      assert command in result.stdout, (args, command)
+  result = nst_jax("colorize", home=files / "home")
+  assert_one_line_error(result, ["unknown command 'colorize'", "nst-jax help"])
+
+
+def test_blend_of_paintings_of_other_shapes_and_notes(files):
+  """The README's blend example with paintings of different aspect ratios, and what a user is told."""
+  Image.fromarray((make_style(30, 90, seed=2) * 255).astype(np.uint8)).save(files / "wide.png")
+  output = files / "out" / "blend.png"
+  result = nst_jax("--content", files / "content.png", "--style", files / "style.png", "--style", files / "wide.png",
+                   "--style_blend_weights", "3,1", "--output", output, "--weights", "random", "--steps", 1,
+                   "--max_size", 100, "--scales", "256,1.4,5", "--content_layers", "relu2_1",
+                   "--style_layers", "relu1_1", "--noprogress", home=files / "home")
+  assert result.returncode == 0, result.stderr
+  assert "Traceback" not in result.stderr
+  assert "note: content image 80x60 upscaled to 100x75" in result.stderr
+  assert "note: scale_start 256 is not below the output's longest side 100: one scale" in result.stderr
+  with Image.open(output) as image:
+    assert image.size == (100, 75)

@@ -1,15 +1,17 @@
 """The report's experiments as library functions: each writes images, a results table and a report page.
 
-- `combinations`: every content x every style in one batch -> a labelled grid (report Figures 13-15).
+- `combinations`: every content x every style, batched by bucket -> a labelled grid (report Figures 13-15).
 - `optimizers`: adam, adagrad, rmsprop, sgd, lbfgs on one pair -> images side by side and one loss-curve
   plot (Figures 10, 17-18).
 - `ratios`: a grid of content/style weight multipliers relative to the config, e.g. (1, 20), (1, 1),
   (20, 1), in one batch (Figures 19-21).
 - `presets`: the named presets of `nst_jax/configs/presets.py` on one pair, in one batch.
 
-Each function takes float32 `[H, W, 3]` images already at the output size, a base config and VGG weights,
-writes into `out_dir` (images, `figure*.png`, `results.csv`, `report.html`, `report.md`) and returns the
-table rows. Figures use matplotlib's Agg backend (no display needed).
+Each function takes the photo(s) as float32 `[H, W, 3]` at the output size, the painting(s) (a list is
+blended by `style_blend_weights`), a base config (`settings.resolve(...)`) and VGG weights; it runs `Job`s
+through `nst_jax.engine`, so every setting of the config applies (colours, coarse-to-fine scales, style
+scale, blends, ...), writes into `out_dir` (images, `figure*.png`, `results.csv`, `report.html`,
+`report.md`) and returns the table rows. Figures use matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from nst_jax import batch, image_io, optimize, vgg
+from nst_jax import engine, hooks as hooks_lib, image_io, optimize, settings as settings_lib, vgg
 from nst_jax.configs import presets as presets_lib
 
 EXPERIMENTS = ("combinations", "optimizers", "ratios", "presets")
@@ -115,42 +117,45 @@ def image_grid(path: str, images: Sequence[Sequence[np.ndarray | None]], row_lab
 
 
 def _settings(config: ml_collections.ConfigDict) -> dict:
-  return {k: config[k] for k in ("max_size", "steps", "optimizer", "lr", "content_weight", "style_weight",
-                                 "tv_weight", "init")}
+  """The report's settings line: size, steps and every setting that differs from the defaults."""
+  return {"max_size": config.max_size, "steps": config.steps, **settings_lib.given_settings(config)}
 
 
-# Progress bars per batch (the command turns them off with --noprogress).
+# Progress bars (the command turns them off with --noprogress).
 SHOW_PROGRESS = True
 
 
-def _run(items, weights, batch_size):
-  """Runs `items` batched by bucket, with a progress bar per compiled batch."""
-  from tqdm import tqdm
+def make_job(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray], config: ml_collections.ConfigDict,
+             name: str = "", **overrides) -> engine.Job:
+  """An engine `Job` whose config is a copy of `config` with `overrides` (e.g. style_weight=1e5) set as
+  given (`lr=None` resets the learning rate to the optimizer's default); the engine validates it."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    config[key] = value
+  return engine.Job(content=np.asarray(content, np.float32), styles=engine.as_style_list(style), config=config,
+                    name=name)
 
-  def callbacks_for(chunk):
-    first = items[chunk[0]]
-    h, w = first.content.shape[:2]
-    bar = tqdm(total=int(first.config.steps), desc=f"{len(chunk)} x {w}x{h} {first.config.optimizer}",
-               unit="step", leave=False, disable=not SHOW_PROGRESS, dynamic_ncols=True)
 
-    def callback(step, state, metrics):
-      bar.update(step - bar.n)
-      if bar.n >= bar.total:
-        bar.close()
-
-    return [callback]
-
-  return batch.BatchStylizer(weights, batch_size=batch_size).run(items, callbacks_for=callbacks_for)
+def _run(jobs: list[engine.Job], weights: vgg.VGGWeights, batch_size: int | None, desc: str,
+         hooks: Sequence = ()) -> list[engine.Result]:
+  """Runs `jobs` on the engine (batched by bucket), with one progress bar."""
+  progress = hooks_lib.ProgressBar(desc=desc, disable=not SHOW_PROGRESS)
+  with hooks_lib.closing_all(progress):
+    return engine.Engine(weights, max_batch=batch_size).run(jobs, hooks=[*hooks, progress])
 
 
 def combinations(contents: dict[str, np.ndarray], styles: dict[str, np.ndarray],
                  config: ml_collections.ConfigDict, weights: vgg.VGGWeights, out_dir: str, *,
                  batch_size: int | None = None) -> list[dict]:
-  """Every content x every style (one batch per output shape) -> `combinations.png` grid + table."""
+  """Every content x every style (batched by bucket) -> `combinations.png` grid + table.
+
+  Each cell has one painting, so `style_blend_weights` does not apply here.
+  """
   os.makedirs(out_dir, exist_ok=True)
   pairs = [(c, s) for c in contents for s in styles]
-  items = [batch.item_from_config(contents[c], styles[s], config, name=f"{c} x {s}") for c, s in pairs]
-  results = _run(items, weights, batch_size)
+  jobs = [make_job(contents[c], styles[s], config, name=f"{c} x {s}", style_blend_weights=None)
+          for c, s in pairs]
+  results = _run(jobs, weights, batch_size, "combinations")
   table, by_pair = [], {}
   for (c, s), result in zip(pairs, results):
     filename = f"{c}__{s}.png"
@@ -169,37 +174,62 @@ def combinations(contents: dict[str, np.ndarray], styles: dict[str, np.ndarray],
   return table
 
 
-def _losses(result: batch.Result) -> dict:
+def _losses(result: engine.Result) -> dict:
   return {f"{k}_loss": result.metrics[k] for k in ("total", "content", "style", "tv")}
 
 
-def optimizers(content: np.ndarray, style: np.ndarray, config: ml_collections.ConfigDict,
+def _first(style: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+  """The painting shown in a figure (the first of a blend)."""
+  return engine.as_style_list(style)[0]
+
+
+class LossCurves:
+  """Engine hook: the total loss at every logged step of each job, `{job index: ([steps], [losses])}`."""
+
+  def __init__(self):
+    self.curves: dict[int, tuple[list[int], list[float]]] = {}
+
+  def on_step(self, event) -> None:
+    if event.metrics is not None:
+      steps, values = self.curves.setdefault(event.run.index, ([], []))
+      steps.append(event.step)
+      values.append(event.metrics["total"])
+
+
+def _plot_curves(path: str, curves: dict[str, tuple[list[int], list[float]]]) -> None:
+  fig, ax = _plt().subplots(figsize=(6, 4))
+  for name, (steps, values) in curves.items():
+    ax.plot(steps, values, label=name)
+  ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel("total loss (after the step)")
+  ax.legend()
+  ax.grid(True, alpha=0.3)
+  save_figure(fig, path)
+
+
+def optimizers(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray], config: ml_collections.ConfigDict,
                weights: vgg.VGGWeights, out_dir: str, *,
                names: Sequence[str] = optimize.OPTIMIZERS) -> list[dict]:
-  """Each optimizer (its default lr) on one pair -> `optimizers.png`, `loss_curves.png` + table."""
+  """Each optimizer (its default lr) on one pair -> `optimizers.png`, `loss_curves.png` + table.
+
+  The losses are evaluated after every step (`log_every=1`) for the curves.
+  """
   os.makedirs(out_dir, exist_ok=True)
-  plt = _plt()
-  table, images, curves = [], [], {}
-  for name in names:
-    item = batch.item_from_config(content, style, config, name=name, optimizer=name, lr=None)
-    result = _run([item], weights, None)[0]
+  jobs = [make_job(content, style, config, name=name, optimizer=name, lr=None, log_every=1) for name in names]
+  curves = LossCurves()
+  results = _run(jobs, weights, None, "optimizers", hooks=[curves])
+  table, images = [], []
+  for name, result in zip(names, results):
     filename = f"{name}.png"
     image_io.save_image(os.path.join(out_dir, filename), result.image)
     images.append(result.image)
-    curves[name] = result.losses
-    lr = optimize.DEFAULT_LR[name]
-    table.append({"optimizer": name, "lr": lr, "image": filename, **_losses(result), "seconds": result.seconds})
-  image_grid(os.path.join(out_dir, "optimizers.png"), [[content, style] + images], [""],
+    table.append({"optimizer": name, "lr": optimize.DEFAULT_LR[name], "image": filename, **_losses(result),
+                  "seconds": result.seconds})
+  image_grid(os.path.join(out_dir, "optimizers.png"), [[content, _first(style)] + images], [""],
              ["content", "style"] + list(names))
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name, curve in curves.items():
-    ax.plot(np.arange(1, len(curve) + 1), curve, label=name)
-  ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("total loss (before the step)")
-  ax.legend()
-  ax.grid(True, alpha=0.3)
-  save_figure(fig, os.path.join(out_dir, "loss_curves.png"))
+  _plot_curves(os.path.join(out_dir, "loss_curves.png"),
+               {name: curves.curves.get(i, ([], [])) for i, name in enumerate(names)})
   write_table(os.path.join(out_dir, "results.csv"), table)
   report = Report(out_dir, "Optimizers on one pair", _settings(config))
   report.figure("optimizers.png", "Content, style, then the result of each optimizer at its default lr.")
@@ -211,20 +241,19 @@ def optimizers(content: np.ndarray, style: np.ndarray, config: ml_collections.Co
 
 def _weight_sweep(content, style, config, weights, out_dir, *, settings: list[tuple[str, dict]], title: str,
                   figure: str, caption: str, batch_size: int | None) -> list[dict]:
-  """One batch of the same pair with different config overrides -> a row of images + table + report."""
+  """The same pair with different config overrides, batched -> a row of images + table + report."""
   os.makedirs(out_dir, exist_ok=True)
-  items = [batch.item_from_config(content, style, config, name=label, **overrides)
-           for label, overrides in settings]
-  results = _run(items, weights, batch_size)
+  jobs = [make_job(content, style, config, name=label, **overrides) for label, overrides in settings]
+  results = _run(jobs, weights, batch_size, title)
   table, images = [], []
-  for (label, _), item, result in zip(settings, items, results):
+  for (label, _), job, result in zip(settings, jobs, results):
     filename = f"{label.replace(' ', '_').replace(':', '-').replace('/', '-')}.png"
     image_io.save_image(os.path.join(out_dir, filename), result.image)
     images.append(result.image)
-    table.append({"setting": label, "content_weight": float(item.config.content_weight),
-                  "style_weight": float(item.config.style_weight), "tv_weight": float(item.config.tv_weight),
+    table.append({"setting": label, "content_weight": float(job.config.content_weight),
+                  "style_weight": float(job.config.style_weight), "tv_weight": float(job.config.tv_weight),
                   "image": filename, **_losses(result)})
-  image_grid(os.path.join(out_dir, figure), [[content, style] + images], [""],
+  image_grid(os.path.join(out_dir, figure), [[content, _first(style)] + images], [""],
              ["content", "style"] + [label for label, _ in settings])
   write_table(os.path.join(out_dir, "results.csv"), table)
   report = Report(out_dir, title, _settings(config))
@@ -234,8 +263,8 @@ def _weight_sweep(content, style, config, weights, out_dir, *, settings: list[tu
   return table
 
 
-def ratios(content: np.ndarray, style: np.ndarray, config: ml_collections.ConfigDict, weights: vgg.VGGWeights,
-           out_dir: str, *, multipliers: Sequence[tuple[float, float]] = DEFAULT_RATIOS,
+def ratios(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray], config: ml_collections.ConfigDict,
+           weights: vgg.VGGWeights, out_dir: str, *, multipliers: Sequence[tuple[float, float]] = DEFAULT_RATIOS,
            batch_size: int | None = None) -> list[dict]:
   """Content/style weights `(a * content_weight, b * style_weight)` for each `(a, b)`, in one batch."""
   settings = [(f"{a:g}:{b:g}", {"content_weight": a * config.content_weight,
@@ -245,10 +274,10 @@ def ratios(content: np.ndarray, style: np.ndarray, config: ml_collections.Config
                        caption="Multipliers a:b of the content and style weights relative to the settings.")
 
 
-def presets(content: np.ndarray, style: np.ndarray, config: ml_collections.ConfigDict, weights: vgg.VGGWeights,
-            out_dir: str, *, names: Sequence[str] = tuple(presets_lib.PRESETS),
+def presets(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray], config: ml_collections.ConfigDict,
+            weights: vgg.VGGWeights, out_dir: str, *, names: Sequence[str] = tuple(presets_lib.PRESETS),
             batch_size: int | None = None) -> list[dict]:
-  """Each named preset (`--preset NAME`) on one pair, in one batch."""
+  """Each named look (`--preset NAME`) on one pair, in one batch: its fields replace the config's."""
   settings = [(name, presets_lib.get_preset(name)) for name in names]
   return _weight_sweep(content, style, config, weights, out_dir, settings=settings, title="Presets",
                        figure="presets.png", batch_size=batch_size,

@@ -4,8 +4,10 @@
 
 Inputs: every image in --content_dir and --style_dir (default ../shared/data/content and
 ../shared/data/styles beside the project checkout when present, else scikit-image's bundled pictures);
-the single-pair experiments use --content/--style, or the first image of each folder. Every `stylize` flag
-(--steps, --max_size, --weights, --style_weight, ...) sets the base config.
+the single-pair experiments use --content/--style (repeat --style to blend paintings, weighted by
+--style_blend_weights), or the first image of each folder. Every `nst-jax` setting flag (--steps, --max_size,
+--style_weight, --preserve_colors, --scales, --style_scale, --preset, ...) sets the base settings of every
+picture (docs/settings.md); the pictures run on the engine, batched by bucket.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import os
 
 from absl import flags
 
-from nst_jax import experiments, image_io, weights as weights_lib
+from nst_jax import experiments, image_io, inputs, settings
 from nst_jax.commands import common
-from nst_jax.commands import stylize  # Defines the config flags.
+from nst_jax.commands import stylize  # Defines the setting flags.
 from nst_jax.errors import NstJaxError
 
 _SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -77,16 +79,12 @@ def _parse_ratios(values) -> list[tuple[float, float]]:
   return pairs
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise NstJaxError(f"unexpected arguments: {' '.join(argv[1:])}")
+def _check_flags() -> None:
   if not FLAGS.out_dir:
     raise NstJaxError("--out_dir is required (see --help)")
   unknown = [e for e in FLAGS.experiment if e not in experiments.EXPERIMENTS]
   if unknown:
     raise NstJaxError(f"unknown experiment(s) {', '.join(unknown)}; expected {', '.join(experiments.EXPERIMENTS)}")
-  config = stylize.config_from_flags()
-  ratios = _parse_ratios(FLAGS.ratios)
   bad = [o for o in FLAGS.optimizers if o not in experiments.optimize.OPTIMIZERS]
   if bad:
     raise NstJaxError(f"unknown optimizer(s) {', '.join(bad)}; expected {', '.join(experiments.optimize.OPTIMIZERS)}")
@@ -94,13 +92,31 @@ def main(argv):
     folder = os.path.join(FLAGS.out_dir, name)
     if os.path.isdir(folder) and os.listdir(folder) and not FLAGS.overwrite:
       raise NstJaxError(f"{folder} is not empty (pass --overwrite to replace its files)")
+
+
+def _load_images(config) -> tuple[dict, dict, object, list]:
+  """`(contents, styles, content, style)`: the folders' pictures and the single-pair experiments' photo and
+  painting(s). Photos are loaded at max_size, paintings at style_scale x max_size."""
+  painting_size = inputs.style_size(config)
   contents = load_inputs(FLAGS.content_dir, "content", _BUILTIN_CONTENT, config.max_size, FLAGS.max_images)
-  styles = load_inputs(FLAGS.style_dir, "style", _BUILTIN_STYLE, config.max_size, FLAGS.max_images)
+  styles = load_inputs(FLAGS.style_dir, "style", _BUILTIN_STYLE, painting_size, FLAGS.max_images)
   content = image_io.load_image(FLAGS.content, config.max_size) if FLAGS.content else next(iter(contents.values()))
-  style = image_io.load_image(FLAGS.style[0], config.max_size) if FLAGS.style else next(iter(styles.values()))
-  common.enable_compilation_cache(FLAGS.compilation_cache)
+  style = ([image_io.load_image(path, painting_size) for path in FLAGS.style] if FLAGS.style
+           else [next(iter(styles.values()))])
+  return contents, styles, content, style
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise NstJaxError(f"unexpected arguments: {' '.join(argv[1:])}")
+  _check_flags()
+  config = settings.resolve(stylize.settings_from_flags())
+  ratios = _parse_ratios(FLAGS.ratios)
+  contents, styles, content, style = _load_images(config)
+  if any(name != "combinations" for name in FLAGS.experiment):
+    settings.validate(config, len(style))  # The blend weights against the single pair's paintings.
   experiments.SHOW_PROGRESS = FLAGS.progress
-  weights = weights_lib.load_vgg19(FLAGS.weights)
+  weights = stylize.load_weights()
   for name in FLAGS.experiment:
     folder = os.path.join(FLAGS.out_dir, name)
     print(f"experiment {name} -> {folder}")

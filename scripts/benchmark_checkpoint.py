@@ -9,6 +9,10 @@ write; the restore time; the checkpoint size; and the share of run time at `--ch
 
     share = seconds per save / (checkpoint_every * seconds per step)      (target <= 2%)
 
+A save is what the engine does at a `checkpoint_every` step: copy the job's state out of the batched state to
+the host (`engine.BatchView.item_state`) and hand it to `checkpoint.Checkpoints.save`. The steps are the
+engine's compiled program (`optimize.Stylizer.step`) with a batch of one.
+
 Synthetic VGG weights by default: the cost does not depend on their values.
 """
 
@@ -24,7 +28,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from nst_jax import checkpoint, optimize, weights as weights_lib
+from nst_jax import checkpoint, engine, optimize, weights as weights_lib
 from nst_jax.configs import default
 
 flags.DEFINE_integer("size", 512, "Image size (square, pixels).")
@@ -37,10 +41,14 @@ flags.DEFINE_string("dir", None, "Folder for the checkpoints (default: a tempora
 FLAGS = flags.FLAGS
 
 
+# Per-item step budget of the compiled program: never reached here, so every step updates the image.
+_BUDGET = np.array([np.iinfo(np.int32).max], np.int32)
+
+
 def _time_steps(stylizer, state, targets, weights, count):
   begin = time.perf_counter()
   for _ in range(count):
-    state, loss = stylizer.step(state, targets, weights)
+    state, loss = stylizer.step(state, targets, weights, _BUDGET)
   jax.block_until_ready(state)
   return state, (time.perf_counter() - begin) / count
 
@@ -56,19 +64,25 @@ def measure(optimizer, weights, folder):
   content = rng.uniform(size=(FLAGS.size, FLAGS.size, 3)).astype(np.float32)
   style = rng.uniform(size=(FLAGS.size, FLAGS.size, 3)).astype(np.float32)
   stylizer = optimize.Stylizer(config)
-  targets = optimize.targets_from_config(weights, config, content, [style])
-  state = stylizer.init_state(content)
+  targets = jax.tree.map(lambda x: x[None], optimize.targets_from_config(weights, config, content, [style]))
+  state = stylizer.init_state(content[None])
   begin = time.perf_counter()
   state, _ = _time_steps(stylizer, state, targets, weights, 1)
   compile_seconds = time.perf_counter() - begin
   state, step_seconds = _time_steps(stylizer, state, targets, weights, FLAGS.steps)
   blocked, full, overlap, restore = [], [], [], []
-  abstract = {"state": jax.eval_shape(stylizer.init_state, content), "seed": jax.ShapeDtypeStruct((), np.int32)}
+  # What the engine checkpoints: one job's unbatched state, with its metadata.
+  abstract = {"state": jax.eval_shape(lambda image: optimize.init_state(image, stylizer.optimizer), content)}
+  meta = {"config_hash": "bench", "stage": 0, "local_step": 0, "version": engine.CHECKPOINT_VERSION, "seconds": 0.0}
+
+  def save(ckpt, step):
+    ckpt.save(step, {"state": engine.BatchView(state).item_state(0)}, meta)
+
   path = os.path.join(folder, optimizer)
   with checkpoint.Checkpoints(path, max_to_keep=2) as ckpt:
     for i in range(FLAGS.saves):
       begin = time.perf_counter()
-      ckpt.save(i + 1, {"state": state, "seed": np.int32(0)}, {"config_hash": "bench"})
+      save(ckpt, i + 1)
       blocked.append(time.perf_counter() - begin)
       # Steps overlapping the background write, vs the plain step time measured just before.
       state, with_write = _time_steps(stylizer, state, targets, weights, FLAGS.steps)
@@ -82,7 +96,7 @@ def measure(optimizer, weights, folder):
     syncs = []
     for i in range(FLAGS.saves):
       sync_begin = time.perf_counter()
-      ckpt.save(FLAGS.saves + 1 + i, {"state": state, "seed": np.int32(0)}, {"config_hash": "bench"})
+      save(ckpt, FLAGS.saves + 1 + i)
       ckpt.wait_until_finished()
       syncs.append(time.perf_counter() - sync_begin)
     sync = statistics.median(syncs)

@@ -4,8 +4,9 @@
     python scripts/benchmark_memory.py --sizes 512,1024,2048 --recipe quality   # the quality preset's step
 
 Each child loads a square content and style image of the size, builds the targets, compiles and runs one
-step, and reports `ru_maxrss` (peak resident memory, compilation included) and its wall time. With
-`--remat auto` rematerialisation follows the config's `remat_above_pixels` (default 0: off).
+step, and reports `ru_maxrss` (peak resident memory, compilation included) and its wall time. The step is the
+engine's compiled program (`optimize.Stylizer.step`) with a batch of one. With `--remat auto`
+rematerialisation follows the config's `remat_above_pixels` (default 0: off), as in `engine.plan`.
 """
 
 from __future__ import annotations
@@ -47,15 +48,15 @@ def child(size: int) -> None:
   style = image_io.resize(data.coffee().astype(np.float32) / 255.0, (size, size))
   begin = time.perf_counter()
   stylizer = optimize.Stylizer(config)
-  targets = optimize.targets_from_config(weights, config, content, [style])
-  state = stylizer.init_state(optimize.init_image(config.init, content, style))
-  state, loss = stylizer.step(state, targets, weights)
+  targets = jax.tree.map(lambda x: x[None], optimize.targets_from_config(weights, config, content, [style]))
+  state = stylizer.init_state(optimize.init_image(config.init, content, style)[None])
+  state, loss = stylizer.step(state, targets, weights, np.array([1], np.int32))
   jax.block_until_ready(state.image)
   seconds = time.perf_counter() - begin
   peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB.
   print(json.dumps({"size": size, "recipe": FLAGS.recipe, "optimizer": config.optimizer,
                     "lbfgs_precondition": config.lbfgs_precondition, "remat": config.remat,
-                    "peak_rss_gib": round(peak_gib, 3), "seconds": round(seconds, 1), "loss": float(loss)}))
+                    "peak_rss_gib": round(peak_gib, 3), "seconds": round(seconds, 1), "loss": float(loss[0])}))
 
 
 def main(argv):

@@ -67,6 +67,12 @@ def shard_batch(tree: PyTree, mesh: Mesh | None) -> PyTree:
   return _place(tree, mesh, P(BATCH_AXIS))
 
 
+def reshard(tree: PyTree, mesh: Mesh) -> PyTree:
+  """Device arrays already on the mesh -> the same arrays split over 'batch' (a no-op for leaves that are)."""
+  sharding = NamedSharding(mesh, P(BATCH_AXIS))
+  return jax.tree.map(lambda x: x if x.sharding == sharding else jax.device_put(x, sharding), tree)
+
+
 def replicate(tree: PyTree, mesh: Mesh | None) -> PyTree:
   """A full copy of every leaf on every device (the VGG weights)."""
   return _place(tree, mesh, P())

@@ -258,6 +258,7 @@ class Engine:
     self.max_batch = max_batch
     self.policy = checkpoints or CheckpointPolicy()
     self._stylizers: dict[tuple, optimize.Stylizer] = {}
+    self._batch_sizes: dict[tuple, list[int]] = {}
 
   @property
   def num_devices(self) -> int:
@@ -301,13 +302,38 @@ class Engine:
       pending = [run for run in runs if run.status == "running"]
       while pending:
         key = self.bucket_key(pending[0])
-        group = [run for run in pending if self.bucket_key(run) == key][:self.max_batch or None]
-        self._run_bucket(group, stores, hooks)
+        matching = [run for run in pending if self.bucket_key(run) == key]
+        group = matching[:self.max_batch or None]
+        size = self._batch_size(key, len(group))
+        group = [run for run in group if not self._stop_before_start(run, stores, hooks)]
+        if group:
+          self._run_bucket(group, stores, hooks, size)
         for run in group:
           if run.status == "running" and run.local_step >= run.stage.steps:
             self._end_stage(run, stores, hooks)
         pending = [run for run in runs if run.status == "running"]
     return [self._result(run) for run in runs]
+
+  def _batch_size(self, key: tuple, count: int) -> int:
+    """The padded batch size for `count` items of bucket `key`: a size this bucket already compiled for when
+    one fits (so the shorter last chunk of a bucket reuses the program), else `count` rounded up to a
+    multiple of the device count."""
+    sizes = self._batch_sizes.setdefault(key, [])
+    fitting = [s for s in sizes if s >= count]
+    if fitting:
+      return min(fitting)
+    size = -(-count // self.num_devices) * self.num_devices
+    sizes.append(size)
+    return size
+
+  def _stop_before_start(self, run: JobRun, stores: "_CheckpointStores", hooks: list) -> bool:
+    """A job that a hook already wants stopped does not start another bucket (no compile, no step)."""
+    if not _any(hooks, "should_stop", run):
+      return False
+    run.status = "stopped"
+    stores.save(run)
+    _call(hooks, "on_job_stopped", run)
+    return True
 
   def _enter_stage(self, run: JobRun, index: int, previous: optimize.StylizeState | None) -> None:
     """Targets and starting state of stage `index` (from `config.init`, or the previous stage's result)."""
@@ -377,10 +403,10 @@ class Engine:
       run.status = "done"
       _call(hooks, "on_job_end", run)
 
-  def _run_bucket(self, runs: list[JobRun], stores: "_CheckpointStores", hooks: list) -> None:
-    """Steps one bucket of items until each reaches its stage budget or is stopped."""
+  def _run_bucket(self, runs: list[JobRun], stores: "_CheckpointStores", hooks: list, size: int) -> None:
+    """Steps one bucket of items (padded to `size` with frozen copies) until each reaches its stage budget
+    or is stopped."""
     stylizer = self.stylizer(runs[0].config, runs[0].stage.remat)
-    size = -(-len(runs) // self.num_devices) * self.num_devices
     padded = runs + [runs[-1]] * (size - len(runs))
     budgets = np.array([run.stage.steps for run in runs] + [0] * (size - len(runs)), np.int32)
     starts = np.array([run.local_step for run in runs], np.int64)
@@ -397,6 +423,8 @@ class Engine:
       if not active:
         break  # Every item reached its budget or was stopped.
       state, _ = stylizer.step(state, targets, self.weights, budget)
+      if self.mesh is not None:  # Keep every leaf split over the mesh: XLA may return some replicated,
+        state = mesh_lib.reshard(state, self.mesh)  # and another input sharding would compile again.
       view.update(state)
       now = time.perf_counter()
       logging = [i for i in active if (starts[i] + t) % int(runs[i].config.log_every) == 0

@@ -91,8 +91,7 @@ def _run(rows: list[manifest.Row], writer: bool) -> list[int]:
   """Runs the loaded rows on the engine; returns the signals that stopped them (empty if none)."""
   todo = [row for row in rows if row.job is not None]
   weights = stylize.load_weights()
-  # One device: plain arrays (a one-device mesh gives back some outputs replicated, which costs a recompile).
-  mesh = batch.make_mesh() if FLAGS.shard and jax.device_count() > 1 else None
+  mesh = batch.make_mesh() if FLAGS.shard else None
   policy = engine.CheckpointPolicy(every_steps=FLAGS.checkpoint_every, keep=FLAGS.keep_checkpoints,
                                    async_save=FLAGS.async_checkpoints)
   runner = engine.Engine(weights, mesh=mesh, max_batch=FLAGS.batch_size, checkpoints=policy)

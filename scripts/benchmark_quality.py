@@ -8,9 +8,10 @@
    recoloured photo; same size, content, style and loss weights) and its `--ttq_variants` (coarse-to-fine,
    content init, stock L-BFGS) run until their total loss at the final size is <= L*. Prints the wall times
    and ratios (target >= 10x). Losses are only compared at the final size (coarser scales optimise a
-   different-size problem). With --warmup (default) every program is
-   compiled once beforehand through the persistent compilation cache, so the times measure optimisation;
-   the cold times (with compilation) are printed too.
+   different-size problem). With --warmup (default) every program is compiled once beforehand (one step per
+   program, through the persistent compilation cache), so the times measure optimisation; the warm-up's own
+   wall time is printed, not a cold (compile-included) time per recipe. With --nowarmup the times include
+   compilation, unless the persistent cache already holds the programs from an earlier run.
 2. `picture` (default 512 px): one picture with the quality preset, total wall time including loading,
    targets and compilation (target <= 10 minutes on 2 CPU cores).
 3. `curves` (default 512 px): loss against wall time at the final size for the quality preset and each
@@ -18,6 +19,10 @@
    1% of the lowest loss any of them reached: shows whether coarse scales pay for themselves.
 4. `gpu`: 500 L-BFGS iterations at 512 px in float32 and bfloat16 weights/activations, with the final losses
    (target <= 2 s on one H100; bfloat16 acceptable where its loss is within 1%). Skipped without a GPU.
+
+Every run goes through the engine (`nst_jax.engine`), as `nst-jax` runs it, except `gpu`, which steps the
+engine's compiled program (`optimize.Stylizer.step`, a batch of one) with bfloat16 weights while its targets
+come from the float32 ones.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from nst_jax import image_io, multiscale, optimize, weights as weights_lib
+from nst_jax import color, engine, hooks, image_io, optimize, weights as weights_lib
 from nst_jax.commands import common
 from nst_jax.configs import default, quality
 
@@ -103,61 +108,78 @@ def _save(name, image):
   print(f"  saved {path}")
 
 
-class _Reached(Exception):
-  pass
+def _run(weights, content, style, config, run_hooks=()):
+  """One job through a fresh engine (its programs come from the persistent compilation cache when warm)."""
+  (result,) = engine.Engine(weights).run([engine.Job(content, [style], config)], hooks=run_hooks)
+  return result
+
+
+def _linesearch_value(event):
+  """The total loss the line search computed at the job's new image (kept in the optimizer state, so it costs
+  no evaluation). Read from the batched device state: only that scalar leaves the device, where
+  `event.state()` would copy the whole L-BFGS state to the host at every step."""
+  return float(optax.tree.get(event.view.state.opt_state, "value")[event.item])
+
+
+def _final_stage(run):
+  return run.stage.index == run.stage.count - 1
 
 
 def _run_adam(weights, content, style, steps):
   config = default.get_config()  # Adam lr 0.02, b1 0.99, eps 0.1, content init: the report's Table 1.
   config.max_size, config.steps = max(content.shape[:2]), steps
-  style_s = multiscale.resize_style(style, content.shape[:2], config.style_scale)
+  config.log_every = max(steps, 1)  # One evaluation of the losses, at the last step.
   begin = time.perf_counter()
-  stylizer = optimize.Stylizer(config)
-  targets = optimize.targets_from_config(weights, config, content, [style_s])
-  state = stylizer.init_state(optimize.init_image(config.init, content, style_s))
-  state = stylizer.run(state, targets, weights, steps, log_every=max(steps, 1))
-  loss = float(stylizer.evaluate(state.image, targets, weights)["total"])
-  return time.perf_counter() - begin, loss, np.asarray(state.image), config
+  result = _run(weights, content, style, config)
+  return time.perf_counter() - begin, result.metrics["total"], result.image, config
 
 
-def _run_quality_until(weights, content, style, target_loss, config):
-  """Runs the quality preset until the final-scale image's total loss is <= target_loss.
+class _UntilLoss:
+  """Engine hook: stops the job at the first final-stage step whose image has a total loss <= target_loss.
 
-  The check is free: after each final-scale iteration the line search has already computed the loss at the
+  The check is free: after each final-stage iteration the line search has already computed the loss at the
   new point (it is in the optimizer state). Only when that value is <= target_loss is the image's loss
   evaluated (timed, like everything else) to confirm.
   """
+
+  def __init__(self, target_loss, evaluate, begin):
+    self.target_loss, self.evaluate, self.begin = target_loss, evaluate, begin
+    self.found = {"confirmations": 0, "seconds": None}
+
+  def on_step(self, event):
+    if self.found["seconds"] is not None or not _final_stage(event.run):
+      return
+    if _linesearch_value(event) > self.target_loss:
+      return
+    self.found["confirmations"] += 1
+    image = event.view.state.image[event.item]
+    loss = float(self.evaluate(image))
+    if loss <= self.target_loss:
+      self.found.update(seconds=time.perf_counter() - self.begin, step=event.local_step, loss=loss,
+                        image=np.asarray(image))
+
+  def should_stop(self, run):
+    return self.found["seconds"] is not None
+
+
+def _run_quality_until(weights, content, style, target_loss, config):
+  """Runs the quality preset until the final-stage image's total loss is <= target_loss (`_UntilLoss`)."""
   config = config.copy_and_resolve_references()
   config.steps = FLAGS.max_lbfgs_steps
   config.log_every = FLAGS.max_lbfgs_steps + 1  # No metric evaluations during the run.
   spec = optimize.loss_spec_from_config(config)
+  # The final stage's targets, as the engine makes them (the photo and painting prepared for the colours).
+  prepared, styles = color.prepare(content, [style], config.preserve_colors)
   targets = optimize.targets_from_config(
-      weights, config, content, [multiscale.resize_style(style, content.shape[:2], config.style_scale)])
+      weights, config, prepared, [engine.resize_style(styles[0], content.shape[:2], config.style_scale)])
   evaluate = jax.jit(lambda image: optimize.make_loss_fn(spec)(image, targets, weights)[0])
-  evaluate(content).block_until_ready()  # Compiled before the clock starts, like the run's programs.
-  found = {"confirmations": 0}
+  evaluate(prepared).block_until_ready()  # Compiled before the clock starts, like the run's programs.
   begin = time.perf_counter()
-
-  def callbacks_for(scale):
-    if scale.index < scale.count - 1:
-      return []
-
-    def check(step, state, metrics):
-      if float(optax.tree.get(state.opt_state, "value")) > target_loss:
-        return
-      found["confirmations"] += 1
-      loss = float(evaluate(state.image))
-      if loss <= target_loss:
-        found.update(seconds=time.perf_counter() - begin, step=step, loss=loss, image=np.asarray(state.image))
-        raise _Reached
-
-    return [check]
-
-  try:
-    image, per_scale = multiscale.run(content, [style], config, weights, callbacks_for=callbacks_for)
-    found.update(seconds=None, step=config.steps, loss=per_scale[-1]["total"], image=image)
-  except _Reached:
-    pass
+  until = _UntilLoss(target_loss, evaluate, begin)
+  result = _run(weights, content, style, config, run_hooks=[until])
+  found = until.found
+  if found["seconds"] is None:
+    found.update(step=config.steps, loss=result.metrics["total"], image=result.image)
   return found, config
 
 
@@ -165,7 +187,7 @@ def _compile(config, content, style, weights):
   """Runs every program of `config`'s schedule for one step, so later runs load them from the cache."""
   config = config.copy_and_resolve_references()
   config.steps = config.scale_steps = 1
-  multiscale.run(content, [style], config, weights)
+  _run(weights, content, style, config)
 
 
 def _ttq_recipes(size):
@@ -210,7 +232,7 @@ def bench_ttq(weights):
   _save(f"ttq_adam_{size}.png", adam_image)
   for name, config in recipes.items():
     found, config = _run_quality_until(weights, content, style, target, config)
-    sizes = multiscale.scale_sizes(size, start=config.scale_start, factor=config.scale_factor)
+    sizes = engine.scale_sizes(size, start=config.scale_start, factor=config.scale_factor)
     settings = {k: config[k] for k in quality.OVERRIDES if k != "steps"}
     print(f"  {name} {json.dumps(settings)}; scales {sizes}")
     if found["seconds"] is None:
@@ -229,12 +251,12 @@ def bench_picture(weights):
   content, style = _inputs(size)
   config = _quality_config(size)
   print(f"\n== 2. one {content.shape[1]}x{content.shape[0]} picture with the quality preset ==")
-  image, per_scale = multiscale.run(content, [style], config, weights)
+  result = _run(weights, content, style, config)
   total = time.perf_counter() - begin
-  for s in per_scale:
+  for s in result.stages:
     print(f"  scale {s['width']}x{s['height']}: {s['steps']} steps, {s['seconds']:.1f} s, loss {s['total']:.5g}")
   print(f"  total wall time {total:.1f} s = {total / 60:.2f} min (target <= 10 min on 2 CPU cores)")
-  _save(f"picture_quality_{size}.png", image)
+  _save(f"picture_quality_{size}.png", result.image)
 
 
 def bench_curves(weights):
@@ -246,18 +268,17 @@ def bench_curves(weights):
     _compile(config, content, style, weights)  # Before the clock starts.
     curve, begin = [], time.perf_counter()
 
-    def callbacks_for(scale, curve=curve, begin=begin):
-      if scale.index < scale.count - 1:
-        return []
-      return [lambda step, state, metrics: curve.append(
-          (time.perf_counter() - begin, float(optax.tree.get(state.opt_state, "value"))))]
+    def record(event, curve=curve, begin=begin):
+      if _final_stage(event.run):
+        curve.append((time.perf_counter() - begin, _linesearch_value(event)))
 
-    image, per_scale = multiscale.run(content, [style], config, weights, callbacks_for=callbacks_for)
-    coarse = sum(s["seconds"] for s in per_scale[:-1])
-    print(f"  {name}: scales {[max(s['height'], s['width']) for s in per_scale]}, coarse scales {coarse:.1f} s, "
-          f"{len(curve)} final-scale iterations in {curve[-1][0]:.1f} s, loss {curve[0][1]:.4g} -> {curve[-1][1]:.4g}")
+    result = _run(weights, content, style, config, run_hooks=[hooks.Callback(record)])
+    coarse = sum(s["seconds"] for s in result.stages[:-1])
+    print(f"  {name}: scales {[max(s['height'], s['width']) for s in result.stages]}, coarse scales "
+          f"{coarse:.1f} s, {len(curve)} final-scale iterations in {curve[-1][0]:.1f} s, loss {curve[0][1]:.4g} -> "
+          f"{curve[-1][1]:.4g}")
     curves[name] = curve
-    _save(f"curves_{name.replace(' ', '_')}_{size}.png", image)
+    _save(f"curves_{name.replace(' ', '_')}_{size}.png", result.image)
   best = min(loss for curve in curves.values() for _, loss in curve)
   print(f"  time (final-scale iterations) to come within x of the lowest loss {best:.6g}:")
   for within in (1.3, 1.1, 1.05, 1.02, 1.01):
@@ -278,23 +299,27 @@ def bench_gpu(weights):
   print(f"\n== 4. {steps} L-BFGS iterations at {content.shape[1]}x{content.shape[0]} on {jax.devices()[0]} ==")
   config = default.get_config()
   config.optimizer, config.max_size, config.steps = "lbfgs", size, steps
-  style_s = multiscale.resize_style(style, content.shape[:2], 1.0)
+  style_s = engine.resize_style(style, content.shape[:2], 1.0)
+  # Targets from the float32 weights (a batch of one); the per-item budget stops the program at `steps`.
+  targets = jax.tree.map(lambda x: x[None], optimize.targets_from_config(weights, config, content, [style_s]))
+  budget = np.array([steps], np.int32)
   losses = {}
   for dtype in (jnp.float32, jnp.bfloat16):
     w = weights.replace(params=jax.tree.map(lambda x: x.astype(dtype), weights.params))
     stylizer = optimize.Stylizer(config)
-    targets = optimize.targets_from_config(weights, config, content, [style_s])
-    state = stylizer.init_state(content)
-    state, _ = stylizer.step(state, targets, w)  # Compile.
-    jax.block_until_ready(state.image)
-    state = stylizer.init_state(content)
+    state = stylizer.init_state(content[None])
+    state, _ = stylizer.step(state, targets, w, budget)  # Compile the step and the evaluation.
+    jax.block_until_ready(stylizer.evaluate(state.image, targets, w))
+    state = stylizer.init_state(content[None])
     begin = time.perf_counter()
-    state = stylizer.run(state, targets, w, steps, log_every=steps)
+    for _ in range(steps):
+      state, _ = stylizer.step(state, targets, w, budget)
+    jax.device_get(stylizer.evaluate(state.image, targets, w))  # The engine's one log at the last step.
     jax.block_until_ready(state.image)
     seconds = time.perf_counter() - begin
-    losses[dtype.__name__] = float(stylizer.evaluate(state.image, targets, weights)["total"])
+    losses[dtype.__name__] = float(stylizer.evaluate(state.image, targets, weights)["total"][0])
     print(f"  {dtype.__name__}: {seconds:.2f} s, final loss (float32 weights) {losses[dtype.__name__]:.6g}")
-    _save(f"gpu_lbfgs_{dtype.__name__}_{size}.png", np.asarray(state.image, np.float32))
+    _save(f"gpu_lbfgs_{dtype.__name__}_{size}.png", np.asarray(state.image[0], np.float32))
   print(f"  bfloat16 loss / float32 loss = {losses['bfloat16'] / losses['float32']:.4f}")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
 
-from nst_jax import image_io, multiscale, weights as weights_lib
+from nst_jax import engine, image_io, weights as weights_lib
 from nst_jax.commands import common
 from nst_jax.configs import presets, quality
 
@@ -36,8 +36,10 @@ def main(argv):
   style = image_io.load_image(FLAGS.style, FLAGS.max_size)
   config = presets.apply_preset(quality.get_config(), FLAGS.look)
   config.max_size = FLAGS.max_size
-  result, per_scale = multiscale.run(content, [style], config, weights_lib.load_vgg19(FLAGS.weights))
-  for s in per_scale:
+  job = engine.Job(content, [style], config)
+  (done,) = engine.Engine(weights_lib.load_vgg19(FLAGS.weights)).run([job])
+  result = done.image
+  for s in done.stages:
     print(f"scale {s['width']}x{s['height']}: {s['steps']} steps, {s['seconds']:.1f} s, loss {s['total']:.4g}")
   height = content.shape[0]
   panels = [image_io.resize(p, (height, round(p.shape[1] * height / p.shape[0])))

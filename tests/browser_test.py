@@ -65,17 +65,28 @@ def test_upload_submit_and_see_result(tmp_path):
       page.wait_for_selector("#content-thumb", state="visible", timeout=30_000)
       page.wait_for_selector("#style-thumb", state="visible", timeout=30_000)
       assert page.text_content("#content-name") == HOSTILE_NAME
+      page.set_input_files("#style2-input", files=[{"name": "second.png", "mimeType": "image/png",
+                                                    "buffer": png_bytes(3, 30, 50)}])
+      page.select_option("#opt-preserve-colors", "luminance")
+      page.fill("#opt-blend", "25")
       page.check("input[name=preset][value=painterly]")
       page.click("#advanced summary")
       page.fill("#opt-size", "32")
       page.fill("#opt-steps", "15")
       page.click("#submit")
+      # While the job runs, its history card says so (it used to keep the "queued" of submission time).
+      page.wait_for_function("() => { const c = document.querySelector('#jobs li .job-status');"
+                             " return c && c.textContent.startsWith('running'); }", timeout=120_000)
       page.wait_for_function(
           "() => { const img = document.getElementById('result-img');"
           " return !document.getElementById('result').hidden && img.complete && img.naturalWidth > 0; }",
           timeout=170_000)
 
       assert page.text_content("#job-status") == "done"
+      assert page.text_content("#jobs li .job-status").startswith("done")
+      options = page.evaluate("fetch('/api/jobs').then(r => r.json()).then(j => j[0].options)")
+      assert options["preserve_colors"] == "luminance" and options["style_blend_weights"] == "75,25"
+      assert options["max_size"] == "32" and options["preset"] == "painterly"
       assert page.text_content("#job-step") == "step 15 / 15"
       assert page.eval_on_selector("#result-img", "img => [img.naturalWidth, img.naturalHeight]") == [32, 26]
       assert "download=1" in page.get_attribute("#download-link", "href")

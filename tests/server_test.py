@@ -12,17 +12,12 @@ import sys
 import time
 
 import httpx
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from nst_jax import optimize, vgg
-from nst_jax.errors import NstJaxError
-from nst_jax.configs import default
-from nst_jax.server import checkpoints, worker as worker_lib
+from nst_jax import settings, vgg
 from nst_jax.server.app import create_app
 from web_helpers import free_port, live_server, png_bytes, wait_for
 
@@ -48,7 +43,7 @@ def _get(client, job_id):
 
 
 def test_submit_progress_result(client):
-  r = client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 12, "preset": "painterly"})
+  r = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 12, "preset": "painterly"})
   assert r.status_code == 201, r.text
   job = r.json()
   assert job["status"] == "queued" and (job["width"], job["height"]) == (32, 26)
@@ -79,13 +74,13 @@ def test_submit_progress_result(client):
   assert download.content == result.content
   assert client.get(done["preview_url"]).headers["content-type"] == "image/jpeg"
   content = Image.open(io.BytesIO(client.get(done["content_url"]).content))
-  assert content.size == (32, 26)
+  assert content.size == (40, 32)  # As uploaded (png_bytes(0)); the job prepares it as the command does.
   assert job["id"] in [j["id"] for j in client.get("/api/jobs").json()]
   assert len(client.get(f"/api/jobs/{job['id']}/losses").json()) == 12
 
 
 def test_other_browser_gets_404(client):
-  job = client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 3}).json()
+  job = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 3}).json()
   wait_for(_get(client, job["id"]))
   other = TestClient(client.app)  # No cookie: a different browser.
   base = f"/api/jobs/{job['id']}"
@@ -99,7 +94,7 @@ def test_other_browser_gets_404(client):
   # The token can also come in a header (API clients); it is separate from the cookie's.
   api_client = TestClient(client.app, headers={"X-NST-Client": "x" * 32})
   assert api_client.get(base).status_code == 404
-  mine = api_client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 2}).json()
+  mine = api_client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 2}).json()
   assert [j["id"] for j in api_client.get("/api/jobs").json()] == [mine["id"]]
   assert client.get(f"/api/jobs/{mine['id']}").status_code == 404
   wait_for(lambda: api_client.get(f"/api/jobs/{mine['id']}").json())
@@ -107,7 +102,7 @@ def test_other_browser_gets_404(client):
 
 def test_job_ids_unguessable_and_not_paths(idle_app):
   client = TestClient(idle_app)
-  ids = {client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 1}).json()["id"] for _ in range(3)}
+  ids = {client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 1}).json()["id"] for _ in range(3)}
   assert len(ids) == 3 and all(len(i) >= 26 for i in ids)
   for bad in ("..%2F..%2Fjobs.sqlite3", "..", "abc", "%2Fetc%2Fpasswd", "..%2F" + next(iter(ids))):
     assert client.get(f"/api/jobs/{bad}").status_code == 404
@@ -118,11 +113,12 @@ def test_job_ids_unguessable_and_not_paths(idle_app):
 
 
 def test_cancel_queued_running_and_batched(client):
-  """Two compatible jobs share a batch; cancelling one leaves the other running to the end (resumed)."""
-  first = client.post("/api/jobs", files=_files(), data={"size": 32, "steps": 30}).json()
-  second = client.post("/api/jobs", files=_files(png_bytes(2)), data={"size": 32, "steps": 30,
+  """Two compatible jobs (other step counts and looks) share a batch; cancelling one leaves the other running
+  in the same batch to its end, without an interruption."""
+  first = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 30}).json()
+  second = client.post("/api/jobs", files=_files(png_bytes(2)), data={"max_size": 32, "steps": 40,
                                                                        "preset": "faithful"}).json()
-  other_shape = client.post("/api/jobs", files=_files(), data={"size": 24, "steps": 30}).json()
+  other_shape = client.post("/api/jobs", files=_files(), data={"max_size": 24, "steps": 30}).json()
   running = wait_for(_get(client, first["id"]), condition=lambda j: j["step"] >= 2)
   assert running["status"] == "running" and running["batch_size"] == 2
   queued = client.get(f"/api/jobs/{other_shape['id']}").json()
@@ -132,18 +128,44 @@ def test_cancel_queued_running_and_batched(client):
   client.post(f"/api/jobs/{first['id']}/cancel")
   assert wait_for(_get(client, first["id"]))["status"] == "cancelled"
   survivor = wait_for(_get(client, second["id"]))
-  assert survivor["status"] == "done" and survivor["step"] == 30 and survivor["resumed_from"] >= 2
+  assert survivor["status"] == "done" and survivor["step"] == 40 and survivor["resumed_from"] == 0
+  assert survivor["batch_size"] == 2
   assert client.get(f"/api/jobs/{first['id']}/result").status_code == 409
   assert client.delete(f"/api/jobs/{first['id']}").status_code == 204
   assert client.get(f"/api/jobs/{first['id']}").status_code == 404
 
 
-def test_bad_options_422(client):
-  for data in ({"steps": 0}, {"size": 100000}, {"optimizer": "magic"}, {"preset": "nope"},
-               {"style_weight": -1}):
-    r = client.post("/api/jobs", files=_files(), data={"size": 32, **data})
-    assert r.status_code == 422, (data, r.text)
-    assert r.json()["detail"]
+@pytest.mark.parametrize("data, words", [
+    ({"steps": 0}, ["steps"]), ({"max_size": 100000}, ["max_size"]), ({"optimizer": "magic"}, ["optimizer"]),
+    ({"preset": "nope"}, ["preset"]), ({"style_weight": -1}, ["style_weight"]),
+    ({"size": 32}, ["unknown field", "size"]), ({"colour": "yes"}, ["unknown field", "colour"]),
+    ({"style_layers": "relu9_9"}, ["relu9_9"]), ({"preserve_colors": "sepia"}, ["preserve_colors"]),
+    ({"scales": "16,1,3"}, ["scales"]), ({"style_blend_weights": "3,1"}, ["style_blend_weights", "1 style"]),
+])
+def test_bad_options_422_name_the_field(idle_app, data, words):
+  r = TestClient(idle_app).post("/api/jobs", files=_files(), data={"max_size": 32, **data})
+  assert r.status_code == 422, (data, r.text)
+  for word in words:
+    assert word in r.json()["detail"], (word, r.json()["detail"])
+
+
+def test_settings_by_name_are_stored_and_the_quality_preset_keeps_its_steps(tmp_path):
+  app = create_app(data_dir=str(tmp_path), weights=WEIGHTS, start_worker=False, rate_limit=0)
+  client = TestClient(app)
+  files = {**_files(), "style2": ("other.png", png_bytes(3), "image/png")}
+  r = client.post("/api/jobs", files=files, data={"max_size": 32, "preset": "quality", "scales": "16,2,5",
+                                                  "preserve_colors": "histogram", "style_blend_weights": "3,1"})
+  assert r.status_code == 201, r.text
+  job = r.json()
+  assert job["options"]["preset"] == "quality" and job["options"]["preserve_colors"] == "histogram"
+  assert job["steps"] == 105 and job["style2_url"]  # 5 steps at 16 px, the preset's 100 at 32 px.
+  folder = app.state.store.job_dir(job["id"])
+  assert sorted(os.listdir(folder)) == ["content.png", "style.png", "style2.png"]
+  assert client.post("/api/jobs", files=_files(), data={"max_size": 32}).json()["steps"] == 300  # Default.
+  schema = client.get("/openapi.json").json()["paths"]["/api/jobs"]["post"]
+  assert "quality" in schema["description"]
+  fields = schema["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+  assert set(settings.NAMES) | {"preset", "scales", "style2"} <= set(fields)
 
 
 @pytest.fixture
@@ -188,9 +210,9 @@ def test_non_images_415(idle_app):
 
 def test_rate_limit_429(idle_app):
   c = TestClient(idle_app)
-  codes = [c.post("/api/jobs", files=_files(), data={"size": 32, "steps": 1}).status_code for _ in range(4)]
+  codes = [c.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 1}).status_code for _ in range(4)]
   assert codes == [201, 201, 201, 429]
-  r = c.post("/api/jobs", files=_files(), data={"size": 32, "steps": 1})
+  r = c.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 1})
   assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
 
 
@@ -218,30 +240,17 @@ def test_openapi_schema(idle_app):
   assert "JobView" in schema["components"]["schemas"]
 
 
-def test_checkpoint_round_trip(tmp_path):
-  config = default.get_config()
-  optimizer = optimize.make_optimizer(config)
-  state = optimize.init_state(np.random.default_rng(0).uniform(size=(8, 6, 3)).astype(np.float32), optimizer)
-  state = state.replace(step=jnp.int32(7), opt_state=jax.tree.map(lambda x: x + 1, state.opt_state))
-  path = str(tmp_path / "checkpoints")
-  checkpoints.save_state(path, state)
-  template = optimize.init_state(np.zeros((8, 6, 3), np.float32), optimizer)
-  restored = checkpoints.restore_state(path, 7, template)
-  assert jax.tree.structure(restored) == jax.tree.structure(state)
-  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  wrong = optimize.init_state(np.zeros((4, 4, 3), np.float32), optimizer)
-  with pytest.raises(NstJaxError, match="does not match"):
-    checkpoints.restore_state(path, 7, wrong)
-
-
-def test_batch_key_groups_compatible_jobs():
-  job = lambda **o: {"height": 26, "width": 32, "steps": 10, "checkpoint_step": 0,
-                     "options": {"size": 32, "steps": 10, **o}}
-  key = worker_lib.batch_key
-  assert key(job(preset="faithful")) == key(job(preset="painterly", style_weight=3.0))  # Per-item weights.
-  assert key(job()) != key(job(optimizer="rmsprop"))
-  assert key(job()) != {**job(), "height": 20} and key(job()) != key({**job(), "checkpoint_step": 5})
+def test_jobs_of_one_bucket_may_differ_in_steps_weights_and_colours(tmp_path):
+  app = create_app(data_dir=str(tmp_path), weights=WEIGHTS, start_worker=False, rate_limit=0)
+  store, worker = app.state.store, app.state.worker
+  client = TestClient(app)
+  submit = lambda **data: client.post("/api/jobs", files=_files(), data={"max_size": 32, **data}).json()
+  jobs = [submit(steps=5), submit(steps=9, preset="painterly", preserve_colors="luminance"),
+          submit(steps=5, optimizer="rmsprop"), submit(steps=5, max_size=24)]
+  worker.batch_wait = 0
+  batch = worker._next_batch()
+  assert [job["id"] for job, _ in batch] == [jobs[0]["id"], jobs[1]["id"]]
+  assert {store.get(j["id"])["status"] for j in jobs[2:]} == {"queued"}
 
 
 @pytest.mark.slow
@@ -250,7 +259,7 @@ def test_graceful_stop_checkpoints_and_requeues(tmp_path):
   make = lambda: create_app(data_dir=str(tmp_path), weights=WEIGHTS, rate_limit=0, batch_wait=0,
                             checkpoint_every=None)  # Only the stop itself checkpoints.
   with TestClient(make(), headers={"X-NST-Client": "graceful-stop-token-0001"}) as c:
-    job = c.post("/api/jobs", files=_files(), data={"size": 32, "steps": 25}).json()
+    job = c.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 25}).json()
     wait_for(_get(c, job["id"]), condition=lambda j: j["step"] >= 2)
   app = make()
   stopped = app.state.store.get(job["id"])
@@ -289,7 +298,7 @@ def test_restart_resumes_running_job(tmp_path):
   proc = start()
   http = httpx.Client(base_url=base, headers={"X-NST-Client": "restart-test-token-0123456789"}, timeout=10)
   try:
-    job = http.post("/api/jobs", files=_files(), data={"size": 32, "steps": 30}).json()
+    job = http.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 30}).json()
     get = lambda: http.get(f"/api/jobs/{job['id']}").json()
     before = wait_for(get, condition=lambda j: j["checkpoint_step"] > 0, timeout=90)
     assert before["status"] == "running" and before["step"] < 30
@@ -320,7 +329,7 @@ def test_load_twenty_concurrent_jobs_batched(tmp_path):
     clients = [httpx.Client(base_url=base, timeout=60) for _ in range(20)]
 
     def submit(i):
-      r = clients[i].post("/api/jobs", files=_files(png_bytes(i)), data={"size": 32, "steps": 4})
+      r = clients[i].post("/api/jobs", files=_files(png_bytes(i)), data={"max_size": 32, "steps": 4})
       assert r.status_code == 201, r.text
       return r.json()["id"]
 

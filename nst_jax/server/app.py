@@ -17,36 +17,32 @@ import asyncio
 import collections
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
 import secrets
-import shutil
 import threading
 import time
 from typing import Literal
 
-import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from pydantic import BaseModel
 
-from nst_jax import __version__, image_io, optimize
+from nst_jax import __version__, optimize, settings
 from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
+from nst_jax.server import submit as submit_lib
 from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, valid_job_id
-from nst_jax.server.worker import Worker, job_config
+from nst_jax.server.submit import DEFAULT_SIZE, DEFAULT_STEPS, Limits, SubmitError
+from nst_jax.server.worker import Worker
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 COOKIE = "nst_client"
 HEADER = "X-NST-Client"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-DEFAULT_SIZE = 256
-DEFAULT_STEPS = 300
 # Decoded-pixel limit for uploads (decompression bombs): 40 megapixels.
 DEFAULT_MAX_PIXELS = 40_000_000
 _SECURITY_HEADERS = {
@@ -85,13 +81,7 @@ class JobView(BaseModel):
   download_url: str | None
   content_url: str
   style_url: str
-
-
-class _UploadError(Exception):
-
-  def __init__(self, status: int, message: str):
-    super().__init__(message)
-    self.status = status
+  style2_url: str | None
 
 
 class RateLimiter:
@@ -168,27 +158,6 @@ async def _send_error(send, status: int, message: str) -> None:
   await send({"type": "http.response.body", "body": body})
 
 
-def decode_upload(data: bytes, what: str, max_pixels: int) -> np.ndarray:
-  """Upload bytes -> float32 `[H, W, 3]`; `_UploadError` 413 (too many pixels) or 415 (not an image)."""
-  if not data:
-    raise _UploadError(415, f"{what}: the file is empty")
-  try:
-    with Image.open(io.BytesIO(data)) as img:
-      width, height = img.size
-  except Image.DecompressionBombError:
-    raise _UploadError(413, f"{what}: image is too large to decode safely (limit {max_pixels:,} pixels)")
-  except Exception:
-    raise _UploadError(415, f"{what}: not an image file (use JPEG, PNG, WebP, GIF, BMP or TIFF)")
-  if width * height > max_pixels:
-    raise _UploadError(413, f"{what}: {width}x{height} pixels is over the limit of {max_pixels:,} pixels")
-  source = io.BytesIO(data)
-  source.name = what
-  try:
-    return image_io.open_image(source, max_pixels=max_pixels)
-  except NstJaxError as e:
-    raise _UploadError(415, str(e)) from None
-
-
 def _label(*names: str | None) -> str:
   """A display label from the uploaded file names (shown as text only; never used as a path)."""
   clean = [re.sub(r"[\x00-\x1f\x7f]", "", os.path.basename(n or "image"))[:100] for n in names]
@@ -197,7 +166,7 @@ def _label(*names: str | None) -> str:
 
 def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels: int = DEFAULT_MAX_PIXELS,
                rate_limit: int = 10, max_size: int = 1024, max_steps: int = 2000, max_batch: int = 4,
-               checkpoint_every: float = 30.0, preview_every: float = 2.0, batch_wait: float = 0.5,
+               checkpoint_every: float | None = 30.0, preview_every: float = 2.0, batch_wait: float = 0.5,
                event_interval: float = 0.5, start_worker: bool = True) -> FastAPI:
   """Builds the web app and its worker (started and stopped with the app's lifespan).
 
@@ -214,7 +183,6 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
   store = JobStore(data_dir)
   worker = Worker(store, weights, max_batch=max_batch, checkpoint_every=checkpoint_every,
                   preview_every=preview_every, batch_wait=batch_wait)
-  limiter = RateLimiter(rate_limit)
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
@@ -229,6 +197,16 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
                             "the progress, download the result. See docs/web.md.")
   app.state.store = store
   app.state.worker = worker
+  _add_client_tokens(app)
+  app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
+  limits = Limits(max_size=max_size, max_steps=max_steps, max_pixels=max_pixels)
+  _add_page_routes(app, limits, max_upload_mb)
+  _add_job_routes(app, store, worker, limits, RateLimiter(rate_limit), event_interval)
+  return app
+
+
+def _add_client_tokens(app: FastAPI) -> None:
+  """Each browser's random token (cookie or header) -> `request.state.owner`; security headers."""
 
   @app.middleware("http")
   async def client_token(request: Request, call_next):
@@ -245,32 +223,8 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
       response.headers.setdefault(key, value)
     return response
 
-  app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
 
-  def owned(request: Request, job_id: str) -> dict:
-    job = store.get(job_id) if valid_job_id(job_id) else None
-    if job is None or job["owner"] != request.state.owner:
-      raise HTTPException(404, "job not found")
-    return job
-
-  def view(job: dict) -> dict:
-    base = f"/api/jobs/{job['id']}"
-    eta = None
-    if job["status"] == "running" and job["steps_per_second"]:
-      eta = max(0.0, (job["steps"] - job["step"]) / job["steps_per_second"])
-    return JobView(
-        id=job["id"], status=job["status"], label=job["label"], created=job["created"], started=job["started"],
-        finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
-        height=job["height"], options=job["options"], error=job["error"], batch_size=job["batch_size"],
-        checkpoint_step=job["checkpoint_step"], resumed_from=job["resumed_from"],
-        queue_position=store.queue_position(job), eta_seconds=eta,
-        steps_per_second=job["steps_per_second"], preview_version=job["preview_version"],
-        preview_url=f"{base}/preview?v={job['preview_version']}" if job["preview_version"] else None,
-        result_url=f"{base}/result" if job["status"] == "done" else None,
-        download_url=f"{base}/result?download=1" if job["status"] == "done" else None,
-        content_url=f"{base}/input/content", style_url=f"{base}/input/style").model_dump()
-
-  # ---- the page ------------------------------------------------------------------------------------------------
+def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None:
 
   @app.get("/", include_in_schema=False)
   def index():
@@ -279,91 +233,94 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
 
   app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-  @app.get("/api/config", summary="Presets, limits and defaults for the page")
+  @app.get("/api/config", summary="Presets, settings, limits and defaults for the page")
   def get_config():
-    return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name, ""), **values}
-                        for name, values in presets.PRESETS.items()},
-            "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, max_size),
-            "default_steps": min(DEFAULT_STEPS, max_steps), "max_size": max_size, "max_steps": max_steps,
-            "optimizers": list(optimize.OPTIMIZERS), "max_upload_mb": max_upload_mb, "max_pixels": max_pixels,
-            "keep_colors": False}
+    return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name, ""),
+                               **presets.get_preset(name)} for name in presets.ALL_PRESETS},
+            "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, limits.max_size),
+            "default_steps": min(DEFAULT_STEPS, limits.max_steps), "max_size": limits.max_size,
+            "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),
+            "max_upload_mb": max_upload_mb, "max_pixels": limits.max_pixels, "settings": list(settings.NAMES),
+            "preserve_colors": list(settings.BY_NAME["preserve_colors"].choices), "max_styles": 2}
+
+
+def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limits, limiter: RateLimiter,
+                    event_interval: float) -> None:
+  owned = lambda request, job_id: _owned(store, request, job_id)
+  view = lambda job: _view(store, job)
 
   @app.get("/api/stats", summary="Queue length and worker counters (no user data)")
   def stats():
     return {"jobs": store.counts(), "batches_run": worker.batches_run,
             "compiled_steps": worker.compiled_steps()}
 
-  # ---- jobs -----------------------------------------------------------------------------------------------------
-
   @app.post("/api/jobs", status_code=201, response_model=JobView, summary="Submit a style-transfer job",
+            description=_SUBMIT_DESCRIPTION, openapi_extra=_SUBMIT_SCHEMA,
             responses={413: {"description": "upload or image too large"}, 415: {"description": "not an image"},
-                       422: {"description": "bad option"}, 429: {"description": "rate limit"}})
-  async def submit(request: Request,
-                   content: UploadFile = File(..., description="The content photo."),
-                   style: UploadFile = File(..., description="The style painting."),
-                   preset: str = Form(presets.DEFAULT_PRESET, description="faithful | balanced | painterly"),
-                   size: int | None = Form(None, description="Output size: longest side in pixels."),
-                   steps: int | None = Form(None, description="Optimisation steps."),
-                   optimizer: str | None = Form(None, description="adam | adagrad | rmsprop | sgd | lbfgs"),
-                   content_weight: float | None = Form(None), style_weight: float | None = Form(None),
-                   tv_weight: float | None = Form(None)):
+                       422: {"description": "unknown field or bad setting"}, 429: {"description": "rate limit"}})
+  async def submit(request: Request):
     client = request.client.host if request.client else "unknown"
     retry = limiter.retry_after(client)
     if retry is not None:
       raise HTTPException(429, f"too many jobs submitted: try again in {retry:.0f} s",
                           headers={"Retry-After": str(max(1, round(retry)))})
-    size = DEFAULT_SIZE if size is None else size
-    steps = DEFAULT_STEPS if steps is None else steps
-    if not image_io.MIN_SIZE <= size <= max_size:
-      raise HTTPException(422, f"size must be between {image_io.MIN_SIZE} and {max_size} pixels")
-    if not 1 <= steps <= max_steps:
-      raise HTTPException(422, f"steps must be between 1 and {max_steps}")
-    options = {"preset": preset, "size": size, "steps": steps, "optimizer": optimizer,
-               "content_weight": content_weight, "style_weight": style_weight, "tv_weight": tv_weight}
-    options = {k: v for k, v in options.items() if v is not None}
     try:
-      job_config(options)
-    except NstJaxError as e:
-      raise HTTPException(422, str(e)) from None
-    content_bytes, style_bytes = await content.read(), await style.read()
-    try:
-      content_image = await run_in_threadpool(decode_upload, content_bytes, "content image", max_pixels)
-      style_image = await run_in_threadpool(decode_upload, style_bytes, "style image", max_pixels)
-    except _UploadError as e:
+      job = await _create_job(request, store, limits)
+    except SubmitError as e:
       raise HTTPException(e.status, str(e)) from None
-    job_id = new_job_id()
-    folder = store.job_dir(job_id)
-
-    def write_inputs():
-      os.makedirs(folder)
-      content_resized = image_io.resize_longest(content_image, size)
-      image_io.save_image(os.path.join(folder, "content.png"), content_resized)
-      image_io.save_image(os.path.join(folder, "style.png"), image_io.resize_longest(style_image, size))
-      return content_resized.shape[:2]
-
-    try:
-      height, width = await run_in_threadpool(write_inputs)
-    except Exception:
-      shutil.rmtree(folder, ignore_errors=True)
-      raise
-    job = store.create(job_id=job_id, owner=request.state.owner, options=options,
-                       label=_label(content.filename, style.filename), height=height, width=width, steps=steps)
     worker.wake()
     return view(job)
 
-  @app.get("/api/jobs", response_model=list[JobView], summary="This browser's jobs, newest first")
-  def list_jobs(request: Request, limit: int = 50):
-    return [view(j) for j in store.list_owner(request.state.owner, max(1, min(limit, 200)))]
+  _add_job_views(app, store, worker, owned, view, event_interval)
 
-  @app.get("/api/jobs/{job_id}", response_model=JobView, summary="One job")
-  def get_job(request: Request, job_id: str):
-    return view(owned(request, job_id))
 
-  @app.get("/api/jobs/{job_id}/losses", summary="The job's loss curve: [{step, total, content, style, tv}]")
-  def get_losses(request: Request, job_id: str):
-    owned(request, job_id)
-    return store.losses(job_id)
+async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict:
+  """Parses the multipart form, validates the settings, decodes the uploads and stores a queued job."""
+  try:
+    form = await request.form()
+  except Exception:
+    raise SubmitError(422, "expected a multipart form with the files content and style") from None
+  files = {k: v for k, v in form.multi_items() if k in submit_lib.FILE_FIELDS}
+  fields = {k: v for k, v in form.multi_items() if k not in submit_lib.FILE_FIELDS}
+  if any(not isinstance(v, str) for v in fields.values()):
+    raise SubmitError(422, f"unexpected file field(s): {', '.join(k for k, v in fields.items() if not isinstance(v, str))}")
+  for name in ("content", "style"):
+    if name not in files or isinstance(files[name], str):
+      raise SubmitError(422, f"{name}: an image file is required")
+  uploads = [files[n] for n in submit_lib.FILE_FIELDS if n in files and not isinstance(files[n], str)]
+  options, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
+  images = []
+  for upload, what in zip(uploads, ("content image", "style image", "second style image")):
+    data = await upload.read()
+    images.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
+  job_id = new_job_id()
+  try:
+    sizes = await run_in_threadpool(submit_lib.write_inputs, store.job_dir(job_id), images[0], images[1:],
+                                    config, limits)
+  except NstJaxError as e:
+    raise SubmitError(422, str(e)) from None
+  if sizes["steps"] > limits.max_steps:
+    raise SubmitError(422, f"{sizes['steps']} steps over all scales is over the limit of {limits.max_steps}")
+  return store.create(job_id=job_id, owner=request.state.owner, options=options,
+                      label=_label(*(u.filename for u in uploads)), **sizes)
 
+
+_SUBMIT_DESCRIPTION = (
+    "Multipart form: files `content`, `style` and optionally `style2` (a second painting, blended by "
+    "`style_blend_weights`), and any setting by its name (docs/settings.md), e.g. `preset` ("
+    + " | ".join(presets.ALL_PRESETS) + "), `max_size`, `steps`, `preserve_colors` (none | luminance | "
+    "histogram), `style_weight`, `scales`. Empty fields keep the preset's or default value; an unknown "
+    "field or a bad value is a 422 naming it.")
+_SUBMIT_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["content", "style"],
+    "properties": {
+        **{name: {"type": "string", "format": "binary"} for name in ("content", "style", "style2")},
+        **{name: {"type": "string", "description": settings.BY_NAME[name].help} for name in settings.NAMES},
+        **{name: {"type": "string", "description": text} for name, text in settings.SHORTHANDS.items()},
+    }}}}}}
+
+
+def _add_event_stream(app: FastAPI, store: JobStore, owned, view, event_interval: float) -> None:
   @app.get("/api/jobs/{job_id}/events", summary="Progress as server-sent events",
            description="`progress` events carry the job (as GET /api/jobs/{id}) plus `losses`, the loss "
                        "points since the previous event; a final `end` event follows when the job is done, "
@@ -399,6 +356,51 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+
+def _owned(store: JobStore, request: Request, job_id: str) -> dict:
+  job = store.get(job_id) if valid_job_id(job_id) else None
+  if job is None or job["owner"] != request.state.owner:
+    raise HTTPException(404, "job not found")
+  return job
+
+
+def _view(store: JobStore, job: dict) -> dict:
+  base = f"/api/jobs/{job['id']}"
+  eta = None
+  if job["status"] == "running" and job["steps_per_second"]:
+    eta = max(0.0, (job["steps"] - job["step"]) / job["steps_per_second"])
+  has_style2 = os.path.exists(store.path(job["id"], "style2.png"))
+  return JobView(
+      id=job["id"], status=job["status"], label=job["label"], created=job["created"], started=job["started"],
+      finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
+      height=job["height"], options=job["options"], error=job["error"], batch_size=job["batch_size"],
+      checkpoint_step=job["checkpoint_step"], resumed_from=job["resumed_from"],
+      queue_position=store.queue_position(job), eta_seconds=eta,
+      steps_per_second=job["steps_per_second"], preview_version=job["preview_version"],
+      preview_url=f"{base}/preview?v={job['preview_version']}" if job["preview_version"] else None,
+      result_url=f"{base}/result" if job["status"] == "done" else None,
+      download_url=f"{base}/result?download=1" if job["status"] == "done" else None,
+      content_url=f"{base}/input/content", style_url=f"{base}/input/style",
+      style2_url=f"{base}/input/style2" if has_style2 else None).model_dump()
+
+
+def _add_job_views(app: FastAPI, store: JobStore, worker: Worker, owned, view, event_interval: float) -> None:
+  """Listing, following, files, cancel and delete of a browser's jobs."""
+  _add_event_stream(app, store, owned, view, event_interval)
+
+  @app.get("/api/jobs", response_model=list[JobView], summary="This browser's jobs, newest first")
+  def list_jobs(request: Request, limit: int = 50):
+    return [view(j) for j in store.list_owner(request.state.owner, max(1, min(limit, 200)))]
+
+  @app.get("/api/jobs/{job_id}", response_model=JobView, summary="One job")
+  def get_job(request: Request, job_id: str):
+    return view(owned(request, job_id))
+
+  @app.get("/api/jobs/{job_id}/losses", summary="The job's loss curve: [{step, total, content, style, tv}]")
+  def get_losses(request: Request, job_id: str):
+    owned(request, job_id)
+    return store.losses(job_id)
+
   def _file(job_id: str, name: str, media_type: str, **kwargs):
     path = store.path(job_id, name)
     if not os.path.exists(path):
@@ -418,8 +420,8 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
     return _file(job_id, "result.png", "image/png", filename=f"nst-jax-{job_id[:8]}.png",
                  content_disposition_type="attachment" if download else "inline")
 
-  @app.get("/api/jobs/{job_id}/input/{which}", summary="The job's content or style image as used (PNG)")
-  def job_input(request: Request, job_id: str, which: Literal["content", "style"]):
+  @app.get("/api/jobs/{job_id}/input/{which}", summary="The job's photo or painting as uploaded (PNG; downscaled if over the size limit)")
+  def job_input(request: Request, job_id: str, which: Literal["content", "style", "style2"]):
     owned(request, job_id)
     return _file(job_id, f"{which}.png", "image/png")
 
@@ -441,7 +443,6 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
     store.delete(job_id)
     return Response(status_code=204)
 
-  return app
 
 
 @contextlib.contextmanager

@@ -1,95 +1,73 @@
-"""The one worker thread that owns the accelerator: takes queued jobs, batches compatible ones, runs them.
+"""The one worker thread that owns the accelerator: takes queued jobs, batches compatible ones, runs them on
+the engine (`nst_jax.engine`), which owns the step loop.
 
-Jobs are compatible when everything compiled into the step agrees (output shape, steps, optimizer and its
-settings, layers, pooling, TV kind, and the step they resume from); per-item loss weights, seeds and
-images may differ. Up to `max_batch` compatible jobs are stacked (`jax.tree.map(jnp.stack)` of their
-`Targets` and `StylizeState`s) and run as one vmapped step (`optimize.Stylizer(config, batched=True)`).
-`compiled_steps()` counts the step programs XLA compiled (one per batch size and shape).
+Bucket policy: the first queued job and up to `max_batch - 1` more queued jobs whose first stage has the
+same image shape and the same compiled settings (`settings.STATIC`: optimizer and its settings, layers,
+pooling, TV kind) run as one vmapped batch. Step counts, resume points, loss weights, seeds, blends and
+colours may differ: each job has its own step budget in the batch. `compiled_steps()` counts the step
+programs XLA compiled (one per shape, static settings and batch size).
 
-Every `checkpoint_every` seconds each job's state is saved (see `checkpoints.py`); a stop request or a
-cancel interrupts the run at the next step, checkpoints the other jobs of the batch and puts them back in
-the queue, so nothing submitted is lost on a restart.
+Checkpoints are the engine's (orbax, one format everywhere) in each job's `checkpoints/` folder, every
+`checkpoint_every` seconds and at stops. A cancel stops only that job (the others of its batch go on); a
+server stop checkpoints every running job and puts it back in the queue, so nothing is lost on a restart.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import threading
 import time
 import traceback
 
-import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from nst_jax import image_io, optimize
-from nst_jax.configs import default, presets
+from nst_jax import color, engine, image_io, inputs, settings
 from nst_jax.errors import NstJaxError
-from nst_jax.server import checkpoints
 from nst_jax.server.jobs import JobStore
 
 log = logging.getLogger("nst_jax.server")
 
-# Config fields compiled into the step (jobs must agree on them to share a batch).
-_STATIC_FIELDS = ("optimizer", "lr", "adam_b1", "adam_eps", "sgd_momentum", "lbfgs_memory",
-                  "lbfgs_linesearch_steps", "lbfgs_precondition", "tv_kind",
-                  "content_layers", "style_layers", "style_layer_weights", "pooling", "remat")
+STYLE_FILES = ("style.png", "style2.png")
+LOG_POINTS = 60  # Loss points per job when the job does not set log_every.
 
 
-def job_config(options: dict):
-  """The run config of a job: defaults, then the preset, then the job's own options (validated)."""
-  config = default.get_config()
-  for key, value in presets.get_preset(options.get("preset", presets.DEFAULT_PRESET)).items():
-    config[key] = value
-  for key in ("steps", "optimizer", "lr", "content_weight", "style_weight", "tv_weight", "seed", "init"):
-    if options.get(key) is not None:
-      config[key] = options[key]
-  if options.get("size") is not None:
-    config.max_size = int(options["size"])
-  config.log_every = max(1, int(config.steps) // 60)
-  optimize.validate_config(config)
+def job_config(options: dict, num_styles: int | None = None) -> ml_collections.ConfigDict:
+  """The run config of a job: `settings.resolve` of its options (the API's form fields, by setting name)."""
+  config = settings.resolve(options, num_styles=num_styles)
+  if not options.get("log_every"):
+    config.log_every = max(1, int(config.steps) // LOG_POINTS)
   return config
 
 
-def static_key(config) -> str:
-  return json.dumps({k: _jsonable(config.get(k)) for k in _STATIC_FIELDS}, sort_keys=True)
+def style_paths(store: JobStore, job_id: str) -> list[str]:
+  paths = [store.path(job_id, name) for name in STYLE_FILES]
+  return [p for p in paths if os.path.exists(p)]
 
 
-def batch_key(job: dict) -> tuple:
-  return (job["height"], job["width"], job["steps"], job["checkpoint_step"], static_key(job_config(job["options"])))
-
-
-def _jsonable(value):
-  return list(value) if isinstance(value, tuple) else value
-
-
-class _Interrupt(Exception):
-  """Raised from the run-loop callback to stop a batch (cancel or shutdown) with its current state."""
-
-  def __init__(self, state):
-    super().__init__("interrupted")
-    self.state = state
-
-
-def _stack(trees):
-  return jax.tree.map(lambda *x: jnp.stack(x), *trees)
+def load_job(store: JobStore, job: dict) -> engine.Job:
+  """The engine job of a stored job: its inputs prepared as the command prepares files (`inputs.load_job`)."""
+  styles = style_paths(store, job["id"])
+  config = job_config(job["options"], len(styles))
+  loaded, _ = inputs.load_job(store.path(job["id"], "content.png"), styles, config, name=job["id"],
+                              checkpoint_dir=store.checkpoint_dir(job["id"]))
+  return loaded
 
 
 class Worker:
   """Runs queued jobs of `store` one batch at a time on a background thread."""
 
-  def __init__(self, store: JobStore, weights, *, max_batch: int = 4, checkpoint_every: float = 30.0,
+  def __init__(self, store: JobStore, weights, *, max_batch: int = 4, checkpoint_every: float | None = 30.0,
                preview_every: float = 2.0, batch_wait: float = 0.5, poll: float = 0.5):
     self.store = store
-    self.weights = weights
     self.max_batch = max(1, int(max_batch))
-    self.checkpoint_every = checkpoint_every
     self.preview_every = preview_every
     self.batch_wait = batch_wait
     self.poll = poll
     self.batches_run = 0
-    self._stylizers: dict[str, optimize.Stylizer] = {}
+    policy = engine.CheckpointPolicy(every_steps=0, every_seconds=float(checkpoint_every or 0.0), keep=1)
+    self.engine = engine.Engine(weights, max_batch=self.max_batch, checkpoints=policy)
     self._cancel: set[str] = set()
     self._stop = threading.Event()
     self._wake = threading.Event()
@@ -104,7 +82,7 @@ class Worker:
     self._thread.start()
 
   def stop(self, timeout: float = 30.0) -> None:
-    """Interrupts the running batch at its next step, checkpoints it and returns its jobs to the queue."""
+    """Stops the running jobs at their next step, checkpoints them and returns them to the queue."""
     self._stop.set()
     self._wake.set()
     if self._thread is not None:
@@ -118,9 +96,8 @@ class Worker:
     self._wake.set()
 
   def compiled_steps(self) -> int:
-    """How many step programs have been compiled (one per shape and batch size)."""
-    # `_cache_size` is the jitted function's count of compiled entries (jax has had it since 0.4).
-    return sum(getattr(s.step, "_cache_size", lambda: 0)() for s in self._stylizers.values())
+    """How many step programs have been compiled (one per shape, static settings and batch size)."""
+    return self.engine.compiled_steps()
 
   # ---- the loop ------------------------------------------------------------------------------------------------
 
@@ -136,7 +113,8 @@ class Worker:
       self._wake.wait(self.poll)
       self._wake.clear()
 
-  def _next_batch(self) -> list[dict]:
+  def _next_batch(self) -> list[tuple[dict, engine.Job]]:
+    """Claims the first queued job and the queued jobs of its bucket (at most `max_batch`)."""
     queued = self.store.queued()
     if not queued:
       return []
@@ -146,117 +124,30 @@ class Worker:
       queued = self.store.queued()
       if not queued or self._stop.is_set():
         return []
-    keys = {}
+    first_key, group = None, []
     for job in queued:
       try:
-        keys[job["id"]] = batch_key(job)
+        loaded = load_job(self.store, job)
+        key = self.engine.job_bucket_key(loaded)
       except NstJaxError as e:
         self.store.finish(job["id"], "failed", str(e))
-    if not keys:
-      return []
-    first = next(j for j in queued if j["id"] in keys)
-    group = [j for j in queued if keys.get(j["id"]) == keys[first["id"]]][:self.max_batch]
-    claimed = set(self.store.claim([j["id"] for j in group], len(group)))
-    return [self.store.get(j["id"]) for j in group if j["id"] in claimed]
+        continue
+      first_key = key if first_key is None else first_key
+      if key == first_key:
+        group.append((job, loaded))
+        if len(group) >= self.max_batch:
+          break
+    claimed = set(self.store.claim([job["id"] for job, _ in group], len(group))) if group else set()
+    return [(self.store.get(job["id"]), loaded) for job, loaded in group if job["id"] in claimed]
 
-  def _stylizer(self, config) -> optimize.Stylizer:
-    key = static_key(config)
-    if key not in self._stylizers:
-      self._stylizers[key] = optimize.Stylizer(config, batched=True)
-    return self._stylizers[key]
-
-  def _prepare(self, job: dict, stylizer: optimize.Stylizer):
-    """Per-item targets and state (fresh, or restored from the job's checkpoint)."""
-    config = job_config(job["options"])
-    content = image_io.open_image(self.store.path(job["id"], "content.png"))
-    style = image_io.open_image(self.store.path(job["id"], "style.png"))
-    targets = optimize.targets_from_config(self.weights, config, content, [style])
-    state = optimize.init_state(optimize.init_image(config.init, content, style, seed=config.seed),
-                                stylizer.optimizer)
-    if job["checkpoint_step"] > 0:
-      state = checkpoints.restore_state(self.store.checkpoint_dir(job["id"]), job["checkpoint_step"], state)
-    return config, targets, state
-
-  def _run_batch(self, jobs: list[dict]) -> None:
-    ids = [j["id"] for j in jobs]
-    try:
-      config = job_config(jobs[0]["options"])
-      stylizer = self._stylizer(config)
-      prepared = [self._prepare(job, stylizer) for job in jobs]
-    except Exception as e:
-      self._fail(ids, e)
-      return
-    targets = _stack([p[1] for p in prepared])
-    state = _stack([p[2] for p in prepared])
+  def _run_batch(self, batch: list[tuple[dict, engine.Job]]) -> None:
+    ids = [job["id"] for job, _ in batch]
     self.batches_run += 1
-    log.info("running %d job(s) at %dx%d from step %d", len(ids), jobs[0]["width"], jobs[0]["height"],
-             jobs[0]["checkpoint_step"])
-    last_preview = last_checkpoint = time.monotonic()
-
-    def callback(step, state, metrics):
-      nonlocal last_preview, last_checkpoint
-      if self._stop.is_set() or self._cancel.intersection(ids):
-        raise _Interrupt(state)
-      now = time.monotonic()
-      if metrics is not None:
-        for i, job_id in enumerate(ids):
-          self.store.add_losses(job_id, step, {k: metrics[k][i] for k in optimize.METRIC_NAMES})
-      preview = now - last_preview >= self.preview_every
-      if preview:
-        self._write_previews(ids, state)
-        last_preview = now
-      if preview or metrics is not None:
-        rate = metrics["steps_per_second"] if metrics is not None else None
-        for job_id in ids:
-          self.store.update_progress(job_id, step, rate, new_preview=preview)
-      if self.checkpoint_every is not None and now - last_checkpoint >= self.checkpoint_every:
-        self._checkpoint(ids, state)
-        last_checkpoint = time.monotonic()
-
+    log.info("running %d job(s) at %dx%d", len(ids), batch[0][0]["width"], batch[0][0]["height"])
     try:
-      state = stylizer.run(state, targets, self.weights, int(config.steps), log_every=config.log_every,
-                           callbacks=[callback])
-    except _Interrupt as interrupt:
-      self._interrupted(ids, interrupt.state)
-      return
+      self.engine.run([job for _, job in batch], hooks=[_JobHooks(self)])
     except Exception as e:
       self._fail(ids, e)
-      return
-    images = np.asarray(jax.device_get(state.image))
-    for i, job_id in enumerate(ids):
-      image_io.save_image(self.store.path(job_id, "result.png"), images[i])
-      image_io.save_image(self.store.path(job_id, "preview.jpg"), images[i])
-      self.store.update_progress(job_id, int(config.steps), new_preview=True)
-      self.store.finish(job_id, "done")
-      self.store.remove_checkpoints(job_id)
-
-  def _write_previews(self, ids, state) -> None:
-    images = np.asarray(jax.device_get(state.image))
-    for i, job_id in enumerate(ids):
-      image_io.save_image(self.store.path(job_id, "preview.jpg"), images[i])
-
-  def _checkpoint(self, ids, state) -> None:
-    host = jax.device_get(state)
-    for i, job_id in enumerate(ids):
-      item = jax.tree.map(lambda x: x[i], host)
-      step = int(item.step)
-      checkpoints.save_state(self.store.checkpoint_dir(job_id), item)
-      self.store.set_checkpoint(job_id, step)
-
-  def _interrupted(self, ids, state) -> None:
-    cancelled = [j for j in ids if j in self._cancel]
-    keep = [j for j in ids if j not in self._cancel]
-    for job_id in cancelled:
-      self.store.finish(job_id, "cancelled")
-      self.store.remove_checkpoints(job_id)
-      self._cancel.discard(job_id)
-    if keep:
-      self._checkpoint(ids, state)  # Indices follow `ids`; the cancelled items' files are removed below.
-      for job_id in cancelled:
-        self.store.remove_checkpoints(job_id)
-      for job_id in keep:
-        self.store.requeue(job_id)
-    log.info("batch interrupted: %d cancelled, %d back in the queue", len(cancelled), len(keep))
 
   def _fail(self, ids, error: Exception) -> None:
     message = str(error) if isinstance(error, NstJaxError) else f"internal error ({type(error).__name__})"
@@ -265,3 +156,62 @@ class Worker:
     for job_id in ids:
       self.store.finish(job_id, "failed", message)
       self._cancel.discard(job_id)
+
+
+class _JobHooks:
+  """Engine hooks of one batch: losses, progress, previews and checkpoints into the job store; stops."""
+
+  def __init__(self, worker: Worker):
+    self.worker, self.store = worker, worker.store
+    self.last_preview: dict[str, float] = {}
+    self.checkpoint_step: dict[str, int | None] = {}
+
+  def on_job_start(self, run) -> None:
+    self.last_preview[run.job.name] = time.monotonic()
+    self.checkpoint_step[run.job.name] = run.saved_step
+
+  def on_step(self, event) -> None:
+    job_id = event.run.job.name
+    if event.metrics is not None:
+      self.store.add_losses(job_id, event.step, event.metrics)
+    now = time.monotonic()
+    preview = now - self.last_preview[job_id] >= self.worker.preview_every
+    if preview:
+      self._write_preview(job_id, event.run, event.image())
+      self.last_preview[job_id] = now
+    if preview or event.metrics is not None:
+      rate = event.metrics["steps_per_second"] if event.metrics is not None else None
+      self.store.update_progress(job_id, event.step, rate, new_preview=preview)
+    self._note_checkpoint(event.run)
+
+  def should_stop(self, run) -> bool:
+    return self.worker._stop.is_set() or run.job.name in self.worker._cancel
+
+  def on_job_end(self, run) -> None:
+    job_id = run.job.name
+    image = run.final_image()
+    image_io.save_image(self.store.path(job_id, "result.png"), image)
+    image_io.save_image(self.store.path(job_id, "preview.jpg"), image)
+    self.store.update_progress(job_id, run.step, new_preview=True)
+    self.store.finish(job_id, "done")
+    self.store.remove_checkpoints(job_id)
+
+  def on_job_stopped(self, run) -> None:
+    job_id = run.job.name
+    if job_id in self.worker._cancel:
+      self.store.finish(job_id, "cancelled")
+      self.store.remove_checkpoints(job_id)
+      self.worker._cancel.discard(job_id)
+    else:
+      self._note_checkpoint(run)
+      self.store.requeue(job_id)
+
+  def _note_checkpoint(self, run) -> None:
+    if run.saved_step is not None and run.saved_step != self.checkpoint_step.get(run.job.name):
+      self.checkpoint_step[run.job.name] = run.saved_step
+      self.store.set_checkpoint(run.job.name, run.saved_step)
+
+  def _write_preview(self, job_id: str, run, image: np.ndarray) -> None:
+    if run.config.preserve_colors == "luminance" and image.shape == run.photo.shape:
+      image = color.finish(image, run.photo, "luminance")  # Show colours, not the luminance being optimised.
+    image_io.save_image(self.store.path(job_id, "preview.jpg"), image)

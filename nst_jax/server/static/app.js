@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = "nst-jax-jobs";
-const state = { config: null, files: { content: null, style: null }, jobId: null, source: null, losses: new Map() };
+const state = { config: null, files: { content: null, style: null, style2: null }, jobId: null, source: null, losses: new Map() };
 
 function storedJobs() {
   try { return JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]").filter((x) => typeof x === "string"); }
@@ -97,6 +97,12 @@ function buildPresets(config) {
     select.appendChild(option);
   });
   select.value = "adam";
+  const colors = $("opt-preserve-colors");
+  config.preserve_colors.forEach((name) => {
+    const option = document.createElement("option");
+    option.value = name; option.textContent = name;
+    colors.appendChild(option);
+  });
   $("opt-size").max = config.max_size;
   $("opt-size").placeholder = config.default_size;
   $("opt-steps").max = config.max_steps;
@@ -106,9 +112,12 @@ function buildPresets(config) {
 
 function showPresetValues(name) {
   const p = state.config.presets[name];
-  $("opt-content-weight").placeholder = p.content_weight;
-  $("opt-style-weight").placeholder = p.style_weight;
-  $("opt-tv-weight").placeholder = p.tv_weight;
+  const base = state.config.presets[state.config.default_preset];
+  $("opt-content-weight").placeholder = p.content_weight !== undefined ? p.content_weight : base.content_weight;
+  $("opt-style-weight").placeholder = p.style_weight !== undefined ? p.style_weight : base.style_weight;
+  $("opt-tv-weight").placeholder = p.tv_weight !== undefined ? p.tv_weight : base.tv_weight;
+  $("opt-steps").placeholder = p.steps !== undefined ? p.steps : state.config.default_steps;
+  $("opt-optimizer").value = p.optimizer || "adam";
 }
 
 async function submitJob(event) {
@@ -121,9 +130,15 @@ async function submitJob(event) {
   const data = new FormData();
   data.append("content", state.files.content, state.files.content.name);
   data.append("style", state.files.style, state.files.style.name);
+  if (state.files.style2) {
+    data.append("style2", state.files.style2, state.files.style2.name);
+    const share = Math.min(100, Math.max(0, Number($("opt-blend").value) || 0));
+    data.append("style_blend_weights", (100 - share) + "," + share);
+  }
+  data.append("preserve_colors", $("opt-preserve-colors").value);
   const preset = document.querySelector("input[name=preset]:checked");
   data.append("preset", preset ? preset.value : state.config.default_preset);
-  [["opt-size", "size"], ["opt-steps", "steps"], ["opt-content-weight", "content_weight"],
+  [["opt-size", "max_size"], ["opt-steps", "steps"], ["opt-content-weight", "content_weight"],
    ["opt-style-weight", "style_weight"], ["opt-tv-weight", "tv_weight"]].forEach(([id, key]) => {
     const value = $(id).value.trim();
     if (value !== "") data.append(key, value);
@@ -179,6 +194,8 @@ function showJob(id) {
 function updateJob(job) {
   $("job-label").textContent = job.label;
   $("job-status").textContent = job.status;
+  const card = document.querySelector("#jobs li[data-job-id='" + CSS.escape(job.id) + "'] .job-status");
+  if (card) card.textContent = cardStatus(job);  // The history follows the job it shows, not only its end.
   $("job-step").textContent = "step " + job.step + " / " + job.steps;
   $("job-eta").textContent = job.eta_seconds !== null ? "about " + formatSeconds(job.eta_seconds) + " left" : "";
   $("job-queue").textContent = job.queue_position ? "position in queue: " + job.queue_position : "";
@@ -238,6 +255,11 @@ async function cancelJob() {
 
 // ---- this browser's jobs -------------------------------------------------------------------------------------
 
+function cardStatus(job) {
+  return job.status + " \u00b7 " + new Date(job.created * 1000).toLocaleString() +
+    " \u00b7 " + job.width + "\u00d7" + job.height + " \u00b7 " + job.steps + " steps";
+}
+
 async function refreshHistory() {
   let jobs = [];
   try { jobs = await api("/api/jobs"); } catch (e) { return; }
@@ -258,8 +280,7 @@ async function refreshHistory() {
     name.textContent = job.label;
     const status = document.createElement("div");
     status.className = "job-status";
-    status.textContent = job.status + " \u00b7 " + new Date(job.created * 1000).toLocaleString() +
-      " \u00b7 " + job.width + "\u00d7" + job.height + " \u00b7 " + job.steps + " steps";
+    status.textContent = cardStatus(job);
     item.append(img, name, status);
     item.addEventListener("click", () => showJob(job.id));
     list.appendChild(item);
@@ -271,6 +292,7 @@ async function init() {
   buildPresets(state.config);
   setUpDrop("content");
   setUpDrop("style");
+  setUpDrop("style2");
   $("job-form").addEventListener("submit", submitJob);
   $("cancel-button").addEventListener("click", cancelJob);
   await refreshHistory();

@@ -1,0 +1,112 @@
+"""A job submission (`POST /api/jobs`): form fields -> validated options, uploads -> the job's input files.
+
+Form fields are settings by their one name (docs/settings.md): every name of `settings.NAMES` plus the
+shorthands (`preset`, `scales`, `epochs`, `steps_per_epoch`). Files: `content`, `style` and an optional
+second painting `style2` (blended with `style_blend_weights`). An unknown field or an invalid value is a
+422 naming it; nothing is ever dropped silently. Server defaults where a field is empty: `max_size` 256,
+and `steps` 300 unless the preset sets its own (the quality preset runs its 100 iterations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from nst_jax import engine, image_io, inputs, settings
+from nst_jax.configs import presets
+from nst_jax.errors import NstJaxError
+from nst_jax.server.worker import STYLE_FILES, job_config
+
+FILE_FIELDS = ("content", "style", "style2")
+SETTING_FIELDS = settings.NAMES + tuple(settings.SHORTHANDS)
+DEFAULT_SIZE = 256
+DEFAULT_STEPS = 300
+
+
+class SubmitError(Exception):
+  """A bad submission: HTTP `status` and a message naming the field or file."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+@dataclasses.dataclass
+class Limits:
+  """What the server accepts (see `create_app`)."""
+  max_size: int
+  max_steps: int
+  max_pixels: int
+
+
+def parse_options(fields: dict[str, str], limits: Limits, num_styles: int) -> tuple[dict, object]:
+  """Form fields -> `(options, config)`: the given settings (empty ones dropped) plus the server defaults."""
+  unknown = sorted(set(fields) - set(SETTING_FIELDS))
+  if unknown:
+    raise SubmitError(422, f"unknown field(s) {', '.join(unknown)}: the fields are settings by name "
+                           f"(docs/settings.md) and the files content, style, style2")
+  options = {k: v.strip() for k, v in fields.items() if v.strip() != ""}
+  options.setdefault("max_size", str(min(DEFAULT_SIZE, limits.max_size)))
+  try:
+    preset = presets.get_preset(options.get("preset", presets.DEFAULT_PRESET))
+    if "steps" not in options and "steps" not in preset and "epochs" not in options:
+      options["steps"] = str(min(DEFAULT_STEPS, limits.max_steps))
+    config = job_config(options, num_styles)
+  except NstJaxError as e:
+    raise SubmitError(422, str(e)) from None
+  if not image_io.MIN_SIZE <= config.max_size <= limits.max_size:
+    raise SubmitError(422, f"max_size must be between {image_io.MIN_SIZE} and {limits.max_size} pixels")
+  if not 1 <= config.steps <= limits.max_steps:
+    raise SubmitError(422, f"steps must be between 1 and {limits.max_steps}")
+  return options, config
+
+
+def decode_upload(data: bytes, what: str, max_pixels: int) -> np.ndarray:
+  """Upload bytes -> float32 `[H, W, 3]`; `SubmitError` 413 (too many pixels) or 415 (not an image)."""
+  if not data:
+    raise SubmitError(415, f"{what}: the file is empty")
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      width, height = img.size
+  except Image.DecompressionBombError:
+    raise SubmitError(413, f"{what}: image is too large to decode safely (limit {max_pixels:,} pixels)")
+  except Exception:
+    raise SubmitError(415, f"{what}: not an image file (use JPEG, PNG, WebP, GIF, BMP or TIFF)")
+  if width * height > max_pixels:
+    raise SubmitError(413, f"{what}: {width}x{height} pixels is over the limit of {max_pixels:,} pixels")
+  source = io.BytesIO(data)
+  source.name = what
+  try:
+    return image_io.open_image(source, max_pixels=max_pixels)
+  except NstJaxError as e:
+    raise SubmitError(415, str(e)) from None
+
+
+def _capped(image: np.ndarray, longest: int) -> np.ndarray:
+  """The upload as decoded, or resized to `longest` when larger (the engine resizes it again per job)."""
+  return image if max(image.shape[:2]) <= longest else image_io.resize_longest(image, longest)
+
+
+def write_inputs(folder: str, content: np.ndarray, styles: list[np.ndarray], config, limits: Limits) -> dict:
+  """Writes `content.png`, `style.png` (and `style2.png`) into the new job folder; returns its size fields.
+
+  Inputs are kept as uploaded (8-bit, lossless) unless larger than the server's largest output, so a job
+  prepares them exactly as the command prepares the same files (`inputs.load_job`).
+  """
+  photo, _ = inputs.prepare_content(content, int(config.max_size))  # Checks it; the job prepares it again.
+  stages = engine.plan(config, photo.shape)
+  os.makedirs(folder)
+  try:
+    image_io.save_image(os.path.join(folder, "content.png"), _capped(content, limits.max_size))
+    for name, style in zip(STYLE_FILES, styles):
+      cap = max(limits.max_size, inputs.style_size(config))
+      image_io.save_image(os.path.join(folder, name), _capped(style, cap))
+  except Exception:
+    shutil.rmtree(folder, ignore_errors=True)
+    raise
+  return {"height": photo.shape[0], "width": photo.shape[1], "steps": sum(s.steps for s in stages)}

@@ -297,6 +297,25 @@ def make_budgeted_step(step):
   return budgeted
 
 
+def _batched(fn: Callable, in_axes: tuple) -> Callable:
+  """`jax.vmap(fn, in_axes)`, except that a batch of one calls `fn` on the item itself.
+
+  Under `vmap` the line search's `lax.while_loop` and conditionals become batched selects, which made one
+  L-BFGS iteration on XLA:CPU about 2.5x slower for a single picture (scripts/benchmark.py); a single
+  picture, the common case, keeps the plain program. The choice is made at trace time from the shapes.
+  """
+  vmapped = jax.vmap(fn, in_axes=in_axes)
+
+  def call(*args):
+    batch = [jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0][0]
+    if batch != 1:
+      return vmapped(*args)
+    items = [jax.tree.map(lambda x: x[0], a) if axis == 0 else a for a, axis in zip(args, in_axes)]
+    return jax.tree.map(lambda x: x[None], fn(*items))
+
+  return call
+
+
 class Stylizer:
   """The compiled, vmapped program of one static config: `jax.jit` once, one compilation per shape.
 
@@ -319,8 +338,7 @@ class Stylizer:
     evaluate = lambda image, targets, weights: loss_fn(image, targets, weights)[1]
     init = lambda image: init_state(image, self.optimizer)
     # optax's L-BFGS state cannot be donated (it aliases buffers); the first-order states can.
-    self.step = jax.jit(jax.vmap(step, in_axes=(0, 0, None, 0)),
-                        donate_argnums=() if self.linesearch else (0,))
+    self.step = jax.jit(_batched(step, in_axes=(0, 0, None, 0)), donate_argnums=() if self.linesearch else (0,))
     self.evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)))
     self.init_state = jax.jit(jax.vmap(init))
 

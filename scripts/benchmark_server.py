@@ -7,7 +7,8 @@
    the default preset (--steps defaults to the web app's default step count).
 2. Throughput: --jobs compatible jobs submitted at once, run one at a time (max_batch 1) vs batched into
    one vmapped step (max_batch = --jobs); jobs per hour from first submit to last result, with the number
-   of compiled step programs. Compilation is included (as a fresh server would pay it); pass
+   of compiled step programs. With --mixed_steps (default) job i asks for steps x 1, 1.5, 2 in turn (the
+   engine's per-job budgets let them share a batch). Compilation is included (as a fresh server would pay it); pass
    --compilation_cache to let the persistent cache remove most of it.
 """
 
@@ -31,6 +32,7 @@ flags.DEFINE_string("weights", None, "VGG19 weights (default: cached Keras weigh
 flags.DEFINE_integer("size", 256, "Output size (longest side, px).")
 flags.DEFINE_integer("steps", app_lib.DEFAULT_STEPS, "Steps per job.")
 flags.DEFINE_integer("jobs", 8, "Queued jobs for the throughput part.")
+flags.DEFINE_boolean("mixed_steps", True, "Job i asks for --steps x 1, 1.5, 2 in turn (else all --steps).")
 flags.DEFINE_boolean("compilation_cache", False, "Use the persistent XLA compilation cache.")
 flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 
@@ -47,11 +49,15 @@ def _image_bytes(seed: int, size: int) -> bytes:
   return buffer.getvalue()
 
 
+def job_steps(i: int) -> int:
+  return FLAGS.steps * (2 + i % 3) // 2 if FLAGS.mixed_steps else FLAGS.steps
+
+
 def _run_jobs(weights, n: int, max_batch: int) -> dict:
   """Submits `n` jobs at once to a fresh server; returns timings and worker counters."""
   with tempfile.TemporaryDirectory() as data_dir:
     web = app_lib.create_app(data_dir=data_dir, weights=weights, rate_limit=0, max_batch=max_batch,
-                             batch_wait=1.0, max_size=max(FLAGS.size, 16), max_steps=max(FLAGS.steps, 1))
+                             batch_wait=1.0, max_size=max(FLAGS.size, 16), max_steps=max(2 * FLAGS.steps, 1))
     content = _image_bytes(0, FLAGS.size)
     with app_lib.serve_in_thread(web) as base, httpx.Client(base_url=base, timeout=120) as client:
       start = time.perf_counter()
@@ -59,7 +65,7 @@ def _run_jobs(weights, n: int, max_batch: int) -> dict:
       for i in range(n):
         r = client.post("/api/jobs", files={"content": ("content.png", content),
                                             "style": ("style.png", _image_bytes(i + 1, FLAGS.size))},
-                        data={"size": FLAGS.size, "steps": FLAGS.steps})
+                        data={"max_size": FLAGS.size, "steps": job_steps(i) if n > 1 else FLAGS.steps})
         r.raise_for_status()
         ids.append(r.json()["id"])
       done = {}

@@ -17,12 +17,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from nst_jax import settings, vgg
+from nst_jax import inputs, optimize, settings, vgg
 from nst_jax.server.app import create_app
 from web_helpers import free_port, live_server, png_bytes, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = vgg.random_weights(0)
+# Shallow layers (form fields, as any setting): small programs that compile fast.
+SHALLOW = {"content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1"}
+PNG_TOLERANCE = 1.0 / 255 + 1e-6
 
 
 def _files(content=None, style=None, name="photo.png"):
@@ -43,7 +46,8 @@ def _get(client, job_id):
 
 
 def test_submit_progress_result(client):
-  r = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 12, "preset": "painterly"})
+  r = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 12, "preset": "painterly",
+                                                          **SHALLOW})
   assert r.status_code == 201, r.text
   job = r.json()
   assert job["status"] == "queued" and (job["width"], job["height"]) == (32, 26)
@@ -80,7 +84,7 @@ def test_submit_progress_result(client):
 
 
 def test_other_browser_gets_404(client):
-  job = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 3}).json()
+  job = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 3, **SHALLOW}).json()
   wait_for(_get(client, job["id"]))
   other = TestClient(client.app)  # No cookie: a different browser.
   base = f"/api/jobs/{job['id']}"
@@ -94,7 +98,7 @@ def test_other_browser_gets_404(client):
   # The token can also come in a header (API clients); it is separate from the cookie's.
   api_client = TestClient(client.app, headers={"X-NST-Client": "x" * 32})
   assert api_client.get(base).status_code == 404
-  mine = api_client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 2}).json()
+  mine = api_client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 2, **SHALLOW}).json()
   assert [j["id"] for j in api_client.get("/api/jobs").json()] == [mine["id"]]
   assert client.get(f"/api/jobs/{mine['id']}").status_code == 404
   wait_for(lambda: api_client.get(f"/api/jobs/{mine['id']}").json())
@@ -115,10 +119,10 @@ def test_job_ids_unguessable_and_not_paths(idle_app):
 def test_cancel_queued_running_and_batched(client):
   """Two compatible jobs (other step counts and looks) share a batch; cancelling one leaves the other running
   in the same batch to its end, without an interruption."""
-  first = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 30}).json()
+  first = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 30, **SHALLOW}).json()
   second = client.post("/api/jobs", files=_files(png_bytes(2)), data={"max_size": 32, "steps": 40,
-                                                                       "preset": "faithful"}).json()
-  other_shape = client.post("/api/jobs", files=_files(), data={"max_size": 24, "steps": 30}).json()
+                                                                       "preset": "faithful", **SHALLOW}).json()
+  other_shape = client.post("/api/jobs", files=_files(), data={"max_size": 24, "steps": 30, **SHALLOW}).json()
   running = wait_for(_get(client, first["id"]), condition=lambda j: j["step"] >= 2)
   assert running["status"] == "running" and running["batch_size"] == 2
   queued = client.get(f"/api/jobs/{other_shape['id']}").json()
@@ -141,6 +145,8 @@ def test_cancel_queued_running_and_batched(client):
     ({"size": 32}, ["unknown field", "size"]), ({"colour": "yes"}, ["unknown field", "colour"]),
     ({"style_layers": "relu9_9"}, ["relu9_9"]), ({"preserve_colors": "sepia"}, ["preserve_colors"]),
     ({"scales": "16,1,3"}, ["scales"]), ({"style_blend_weights": "3,1"}, ["style_blend_weights", "1 style"]),
+    ({"steps": ["3", "4"]}, ["steps", "more than once"]), ({"style2": "second.png"}, ["style2", "file"]),
+    ({"content_layers": "relu2_1,conv9_1"}, ["conv9_1"]), ({"preset": "quality", "steps": 5000}, ["steps", "2000"]),
 ])
 def test_bad_options_422_name_the_field(idle_app, data, words):
   r = TestClient(idle_app).post("/api/jobs", files=_files(), data={"max_size": 32, **data})
@@ -162,10 +168,88 @@ def test_settings_by_name_are_stored_and_the_quality_preset_keeps_its_steps(tmp_
   folder = app.state.store.job_dir(job["id"])
   assert sorted(os.listdir(folder)) == ["content.png", "style.png", "style2.png"]
   assert client.post("/api/jobs", files=_files(), data={"max_size": 32}).json()["steps"] == 300  # Default.
+  quality = client.post("/api/jobs", files=_files(), data={"max_size": 32, "preset": "quality"}).json()
+  assert quality["steps"] == 100  # The preset's own iterations (the server used to force 300).
+  assert client.post("/api/jobs", files=_files(), data={"max_size": 32, "preset": "quality",
+                                                        "steps": 7}).json()["steps"] == 7
   schema = client.get("/openapi.json").json()["paths"]["/api/jobs"]["post"]
   assert "quality" in schema["description"]
   fields = schema["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
   assert set(settings.NAMES) | {"preset", "scales", "style2"} <= set(fields)
+
+
+def _library_result(tmp_path, content: bytes, styles: list[bytes], data: dict) -> np.ndarray:
+  """The library call on the same files with the same resolved settings: float32 `[H, W, 3]`."""
+  paths = []
+  for i, image in enumerate([content, *styles]):
+    paths.append(tmp_path / f"input{i}.png")
+    paths[-1].write_bytes(image)
+  config = settings.resolve(data, num_styles=len(styles))
+  job, _ = inputs.load_job(str(paths[0]), [str(p) for p in paths[1:]], config)
+  return optimize.stylize(job.content, job.styles, config, weights=WEIGHTS)
+
+
+def _result_image(client, job: dict) -> np.ndarray:
+  return np.asarray(Image.open(io.BytesIO(client.get(job["result_url"]).content)), np.float32) / 255.0
+
+
+def test_two_paintings_and_kept_colours_equal_the_library_call(tmp_path):
+  """A second painting, its blend weights and kept colours are honoured: the same picture as the library."""
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0,
+                   checkpoint_every=None, preview_every=0.2)
+  content, style, style2 = png_bytes(0), png_bytes(1), png_bytes(3, 30, 50)  # Paintings of other shapes.
+  data = {"max_size": 32, "steps": 8, "style_blend_weights": "3,1", "preserve_colors": "histogram",
+          "style_weight": 1e3, **SHALLOW}
+  with TestClient(app) as client:
+    r = client.post("/api/jobs", data=data, files={"content": ("c.png", content), "style": ("a.png", style),
+                                                   "style2": ("b.png", style2)})
+    assert r.status_code == 201, r.text
+    job = wait_for(_get(client, r.json()["id"]))
+    assert job["status"] == "done", job
+    result = _result_image(client, job)
+  expected = _library_result(tmp_path, content, [style, style2], data)
+  assert result.shape == expected.shape == (26, 32, 3)
+  assert np.max(np.abs(result - expected)) <= PNG_TOLERANCE
+  one_style = _library_result(tmp_path, content, [style], {k: v for k, v in data.items()
+                                                           if k != "style_blend_weights"})
+  assert np.max(np.abs(result - one_style)) > 0.02  # The second painting made a difference.
+
+
+def test_jobs_with_other_step_counts_share_a_batch_and_equal_their_single_runs(tmp_path):
+  """Other step counts, looks, colours and photo sizes (one output shape): one batch, one compiled program."""
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0,
+                   checkpoint_every=None, preview_every=0.2, start_worker=False)
+  asks = [{"max_size": 32, "steps": 6, **SHALLOW},
+          {"max_size": 32, "steps": 11, "preset": "painterly", "preserve_colors": "luminance", **SHALLOW},
+          {"max_size": 32, "steps": 3, "style_weight": 3e3, **SHALLOW}]
+  photos = [png_bytes(0), png_bytes(5), png_bytes(6, 80, 64)]  # The last one is larger: 32x26 too.
+  styles = [png_bytes(1), png_bytes(2), png_bytes(4, 24, 24)]
+  with TestClient(app) as client:
+    ids = [client.post("/api/jobs", data=data, files=_files(photo, style)).json()["id"]
+           for data, photo, style in zip(asks, photos, styles)]
+    app.state.worker.start()  # All three are queued before the worker looks.
+    try:
+      jobs = [wait_for(_get(client, job_id)) for job_id in ids]
+      results = [_result_image(client, job) for job in jobs]
+      stats = client.get("/api/stats").json()
+    finally:
+      app.state.worker.stop()
+  assert [j["status"] for j in jobs] == ["done"] * 3 and [j["steps"] for j in jobs] == [6, 11, 3]
+  assert [j["batch_size"] for j in jobs] == [3, 3, 3] and stats["batches_run"] == 1
+  assert stats["compiled_steps"] == 1
+  for data, photo, style, result in zip(asks, photos, styles, results):
+    expected = _library_result(tmp_path, photo, [style], data)
+    assert np.max(np.abs(result - expected)) <= PNG_TOLERANCE, data
+
+
+def test_cancelling_a_requeued_job_removes_its_checkpoints(tmp_path):
+  app = create_app(data_dir=str(tmp_path), weights=WEIGHTS, start_worker=False, rate_limit=0)
+  client, store = TestClient(app), app.state.store
+  job = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 5}).json()
+  os.makedirs(os.path.join(store.checkpoint_dir(job["id"]), "3"))  # As a stopped run leaves them.
+  assert client.post(f"/api/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+  assert not os.path.exists(store.checkpoint_dir(job["id"]))
+  assert sorted(os.listdir(store.job_dir(job["id"]))) == ["content.png", "style.png"]
 
 
 @pytest.fixture
@@ -259,7 +343,7 @@ def test_graceful_stop_checkpoints_and_requeues(tmp_path):
   make = lambda: create_app(data_dir=str(tmp_path), weights=WEIGHTS, rate_limit=0, batch_wait=0,
                             checkpoint_every=None)  # Only the stop itself checkpoints.
   with TestClient(make(), headers={"X-NST-Client": "graceful-stop-token-0001"}) as c:
-    job = c.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 25}).json()
+    job = c.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 25, **SHALLOW}).json()
     wait_for(_get(c, job["id"]), condition=lambda j: j["step"] >= 2)
   app = make()
   stopped = app.state.store.get(job["id"])
@@ -298,7 +382,7 @@ def test_restart_resumes_running_job(tmp_path):
   proc = start()
   http = httpx.Client(base_url=base, headers={"X-NST-Client": "restart-test-token-0123456789"}, timeout=10)
   try:
-    job = http.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 30}).json()
+    job = http.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 30, **SHALLOW}).json()
     get = lambda: http.get(f"/api/jobs/{job['id']}").json()
     before = wait_for(get, condition=lambda j: j["checkpoint_step"] > 0, timeout=90)
     assert before["status"] == "running" and before["step"] < 30
@@ -329,7 +413,8 @@ def test_load_twenty_concurrent_jobs_batched(tmp_path):
     clients = [httpx.Client(base_url=base, timeout=60) for _ in range(20)]
 
     def submit(i):
-      r = clients[i].post("/api/jobs", files=_files(png_bytes(i)), data={"max_size": 32, "steps": 4})
+      r = clients[i].post("/api/jobs", files=_files(png_bytes(i)), data={"max_size": 32, "steps": 4,
+                                                                                        **SHALLOW})
       assert r.status_code == 201, r.text
       return r.json()["id"]
 

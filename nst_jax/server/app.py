@@ -235,13 +235,19 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
 
   @app.get("/api/config", summary="Presets, settings, limits and defaults for the page")
   def get_config():
-    return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name, ""),
+    return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name) or _RECIPE_TEXT.get(name, ""),
                                **presets.get_preset(name)} for name in presets.ALL_PRESETS},
             "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, limits.max_size),
             "default_steps": min(DEFAULT_STEPS, limits.max_steps), "max_size": limits.max_size,
             "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),
             "max_upload_mb": max_upload_mb, "max_pixels": limits.max_pixels, "settings": list(settings.NAMES),
-            "preserve_colors": list(settings.BY_NAME["preserve_colors"].choices), "max_styles": 2}
+            "preserve_colors": list(settings.BY_NAME["preserve_colors"].choices), "keep_colors": True,
+            "max_styles": len(submit_lib.FILE_FIELDS) - 1}
+
+
+# Page texts of the recipes that presets.PRESET_DESCRIPTIONS does not describe.
+_RECIPE_TEXT = {"quality": "The quickest way to a finished picture: 100 L-BFGS iterations from the photo in "
+                           "the painting's colours."}
 
 
 def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limits, limiter: RateLimiter,
@@ -280,14 +286,8 @@ async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict
     form = await request.form()
   except Exception:
     raise SubmitError(422, "expected a multipart form with the files content and style") from None
-  files = {k: v for k, v in form.multi_items() if k in submit_lib.FILE_FIELDS}
-  fields = {k: v for k, v in form.multi_items() if k not in submit_lib.FILE_FIELDS}
-  if any(not isinstance(v, str) for v in fields.values()):
-    raise SubmitError(422, f"unexpected file field(s): {', '.join(k for k, v in fields.items() if not isinstance(v, str))}")
-  for name in ("content", "style"):
-    if name not in files or isinstance(files[name], str):
-      raise SubmitError(422, f"{name}: an image file is required")
-  uploads = [files[n] for n in submit_lib.FILE_FIELDS if n in files and not isinstance(files[n], str)]
+  files, fields = submit_lib.split_form(form.multi_items())
+  uploads = [files[name] for name in submit_lib.FILE_FIELDS if name in files]
   options, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
   images = []
   for upload, what in zip(uploads, ("content image", "style image", "second style image")):

@@ -4,9 +4,9 @@ Statuses: queued -> running -> done | failed | cancelled (running -> queued agai
 or the server restarts; the job then continues from its last checkpoint). Each thread gets its own
 connection; WAL lets the web handlers read while the worker writes.
 
-Files of job `id` live in `data_dir/jobs/<id>/`: `content.png`, `style.png` (decoded and resized inputs;
-the uploaded bytes and file names are never written), `preview.jpg`, `result.png`,
-`checkpoints/` (orbax). Job ids come from `secrets.token_urlsafe`, never from user input.
+Files of job `id` live in `data_dir/jobs/<id>/`: `content.png`, `style.png`, `style2.png` (decoded inputs;
+the uploaded bytes and file names are never written), `preview.jpg`, `result.png`, `checkpoints/` (the
+engine's orbax checkpoints; removed when the job is done or cancelled). Job ids come from `secrets.token_urlsafe`, never from user input.
 """
 
 from __future__ import annotations
@@ -160,6 +160,13 @@ class JobStore:
           claimed.append(job_id)
     return claimed
 
+  def set_started(self, job_id: str, step: int, resumed_from: int) -> None:
+    """What the engine found when it started the job: its step and the checkpoint step it resumed from
+    (0 = from scratch, e.g. when no checkpoint was saved before a crash)."""
+    with self._db() as db:
+      db.execute("UPDATE jobs SET step = ?, resumed_from = ?, checkpoint_step = ? WHERE id = ?",
+                 (int(step), int(resumed_from), int(resumed_from), job_id))
+
   def requeue_running(self) -> int:
     """After a restart: running jobs go back to the queue (they continue from their checkpoint)."""
     with self._db() as db:
@@ -201,9 +208,12 @@ class JobStore:
                  (status, error, time.time(), status, job_id))
 
   def cancel_if_queued(self, job_id: str) -> bool:
+    """Cancels a queued job (and removes the checkpoints a stopped run left); False if it was not queued."""
     with self._db() as db:
       cur = db.execute("UPDATE jobs SET status = 'cancelled', finished = ? WHERE id = ? AND status = 'queued'",
                        (time.time(), job_id))
+    if cur.rowcount:
+      self.remove_checkpoints(job_id)
     return bool(cur.rowcount)
 
   def delete(self, job_id: str) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import os
 import shutil
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,6 +43,34 @@ class Limits:
   max_size: int
   max_steps: int
   max_pixels: int
+
+
+def split_form(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+  """The multipart form's `(key, value)` pairs -> `(files, fields)`: the uploads by file field name (content
+  and style required, style2 optional) and the text fields. A field given twice, a file where text is
+  expected or text where a file is expected is a 422 naming it."""
+  seen: set[str] = set()
+  files, fields = {}, {}
+  for key, value in items:
+    if key in seen:
+      hint = " (a second painting goes in style2)" if key == "style" else ""
+      raise SubmitError(422, f"{key}: given more than once{hint}")
+    seen.add(key)
+    is_file = not isinstance(value, str)
+    if key in FILE_FIELDS:
+      if not is_file:
+        if key == "style2" and value.strip() == "":
+          continue  # An empty field keeps the default: no second painting.
+        raise SubmitError(422, f"{key}: an image file is expected, not text")
+      files[key] = value
+    elif is_file:
+      raise SubmitError(422, f"unknown file field {key!r}: the files are content, style and style2")
+    else:
+      fields[key] = value
+  for name in ("content", "style"):
+    if name not in files:
+      raise SubmitError(422, f"{name}: an image file is required")
+  return files, fields
 
 
 def parse_options(fields: dict[str, str], limits: Limits, num_styles: int) -> tuple[dict, object]:

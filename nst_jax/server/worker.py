@@ -167,8 +167,13 @@ class _JobHooks:
     self.checkpoint_step: dict[str, int | None] = {}
 
   def on_job_start(self, run) -> None:
-    self.last_preview[run.job.name] = time.monotonic()
-    self.checkpoint_step[run.job.name] = run.saved_step
+    job_id = run.job.name
+    self.last_preview[job_id] = time.monotonic()
+    self.checkpoint_step[job_id] = run.saved_step
+    for notice in run.notices:  # E.g. a damaged checkpoint was skipped.
+      log.warning("job %s: %s", job_id, notice)
+    # Where the engine really restored from (the database may lag its newest checkpoint after a crash).
+    self.store.set_started(job_id, run.step, run.restored_step or 0)
 
   def on_step(self, event) -> None:
     job_id = event.run.job.name
@@ -195,6 +200,7 @@ class _JobHooks:
     self.store.update_progress(job_id, run.step, new_preview=True)
     self.store.finish(job_id, "done")
     self.store.remove_checkpoints(job_id)
+    self.worker._cancel.discard(job_id)  # A cancel that came too late to stop it.
 
   def on_job_stopped(self, run) -> None:
     job_id = run.job.name

@@ -4,7 +4,10 @@
 
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = "nst-jax-jobs";
-const state = { config: null, files: { content: null, style: null, style2: null }, jobId: null, source: null, losses: new Map() };
+const state = {
+  config: null, files: { content: null, style: null, style2: null }, jobId: null, source: null,
+  losses: new Map(), historyTimer: null,
+};
 
 function storedJobs() {
   try { return JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]").filter((x) => typeof x === "string"); }
@@ -56,6 +59,24 @@ function setFile(which, file) {
   thumb.hidden = false;
   $(which + "-name").textContent = file.name;
   $("form-error").textContent = "";
+  if (which === "style2") showSecondPainting(true);
+}
+
+function showSecondPainting(chosen) {
+  $("opt-blend").disabled = !chosen;  // The blend share means something only with a second painting.
+  $("style2-clear").hidden = !chosen;
+}
+
+function clearSecondPainting() {
+  state.files.style2 = null;
+  const thumb = $("style2-thumb");
+  if (thumb.dataset.url) URL.revokeObjectURL(thumb.dataset.url);
+  delete thumb.dataset.url;
+  thumb.removeAttribute("src");
+  thumb.hidden = true;
+  $("style2-name").textContent = "";
+  $("style2-input").value = "";
+  showSecondPainting(false);
 }
 
 function setUpDrop(which) {
@@ -285,6 +306,11 @@ async function refreshHistory() {
     item.addEventListener("click", () => showJob(job.id));
     list.appendChild(item);
   });
+  // The followed job's card changes with its events (updateJob); other active jobs' cards are polled.
+  clearTimeout(state.historyTimer);
+  if (jobs.some((j) => j.id !== state.jobId && (j.status === "queued" || j.status === "running"))) {
+    state.historyTimer = setTimeout(refreshHistory, 3000);
+  }
 }
 
 async function init() {
@@ -293,6 +319,7 @@ async function init() {
   setUpDrop("content");
   setUpDrop("style");
   setUpDrop("style2");
+  $("style2-clear").addEventListener("click", clearSecondPainting);
   $("job-form").addEventListener("submit", submitJob);
   $("cancel-button").addEventListener("click", cancelJob);
   await refreshHistory();

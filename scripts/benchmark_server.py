@@ -1,10 +1,11 @@
 """Benchmarks the web app end to end (HTTP on localhost, the real worker): latency and throughput.
 
     python scripts/benchmark_server.py                         # 256 px, default preset, 8 jobs
-    python scripts/benchmark_server.py --weights random --size 32 --steps 5 --jobs 4   # quick check
+    python scripts/benchmark_server.py --weights random --max_size 32 --steps 5 --jobs 4   # quick check
 
-1. Latency: seconds from `POST /api/jobs` to the result being downloadable, for one job at --size with
+1. Latency: seconds from `POST /api/jobs` to the result being downloadable, for one job at --max_size with
    the default preset (--steps defaults to the web app's default step count).
+   Form fields are settings by name (docs/settings.md): --max_size is the API's `max_size`.
 2. Throughput: --jobs compatible jobs submitted at once, run one at a time (max_batch 1) vs batched into
    one vmapped step (max_batch = --jobs); jobs per hour from first submit to last result, with the number
    of compiled step programs. With --mixed_steps (default) job i asks for steps x 1, 1.5, 2 in turn (the
@@ -29,7 +30,7 @@ from nst_jax.server import app as app_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "VGG19 weights (default: cached Keras weights; 'random' for a smoke run).")
-flags.DEFINE_integer("size", 256, "Output size (longest side, px).")
+flags.DEFINE_integer("max_size", 256, "Output size (longest side, px): the API's max_size field.")
 flags.DEFINE_integer("steps", app_lib.DEFAULT_STEPS, "Steps per job.")
 flags.DEFINE_integer("jobs", 8, "Queued jobs for the throughput part.")
 flags.DEFINE_boolean("mixed_steps", True, "Job i asks for --steps x 1, 1.5, 2 in turn (else all --steps).")
@@ -57,15 +58,15 @@ def _run_jobs(weights, n: int, max_batch: int) -> dict:
   """Submits `n` jobs at once to a fresh server; returns timings and worker counters."""
   with tempfile.TemporaryDirectory() as data_dir:
     web = app_lib.create_app(data_dir=data_dir, weights=weights, rate_limit=0, max_batch=max_batch,
-                             batch_wait=1.0, max_size=max(FLAGS.size, 16), max_steps=max(2 * FLAGS.steps, 1))
-    content = _image_bytes(0, FLAGS.size)
+                             batch_wait=1.0, max_size=max(FLAGS.max_size, 16), max_steps=max(2 * FLAGS.steps, 1))
+    content = _image_bytes(0, FLAGS.max_size)
     with app_lib.serve_in_thread(web) as base, httpx.Client(base_url=base, timeout=120) as client:
       start = time.perf_counter()
       ids = []
       for i in range(n):
         r = client.post("/api/jobs", files={"content": ("content.png", content),
-                                            "style": ("style.png", _image_bytes(i + 1, FLAGS.size))},
-                        data={"max_size": FLAGS.size, "steps": job_steps(i) if n > 1 else FLAGS.steps})
+                                            "style": ("style.png", _image_bytes(i + 1, FLAGS.max_size))},
+                        data={"max_size": FLAGS.max_size, "steps": job_steps(i) if n > 1 else FLAGS.steps})
         r.raise_for_status()
         ids.append(r.json()["id"])
       done = {}
@@ -91,7 +92,7 @@ def main(argv):
   del argv
   common.enable_compilation_cache(FLAGS.compilation_cache)
   weights = weights_lib.load_vgg19(FLAGS.weights)
-  print(f"web app benchmark: {FLAGS.size} px, {FLAGS.steps} steps, weights {weights.source}", flush=True)
+  print(f"web app benchmark: {FLAGS.max_size} px, {FLAGS.steps} steps, weights {weights.source}", flush=True)
   single = _run_jobs(weights, 1, 1)
   print(f"latency, submit -> result (1 job, default preset): {single['seconds']:.1f} s "
         f"({single['seconds'] / FLAGS.steps:.3f} s/step incl. compile)", flush=True)
@@ -105,7 +106,7 @@ def main(argv):
   print(f"batched / one at a time throughput: {ratio:.2f}x")
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
-      json.dump({"size": FLAGS.size, "steps": FLAGS.steps, "latency": single, **rows, "ratio": ratio}, f, indent=1)
+      json.dump({"max_size": FLAGS.max_size, "steps": FLAGS.steps, "latency": single, **rows, "ratio": ratio}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Takes a screenshot of the web page after one finished job (for docs/screenshot.png).
 
     python scripts/screenshot_web.py --content ../shared/data/content/tubingen.jpg \
-        --style ../shared/data/styles/starry_night.jpg --output docs/screenshot.png --size 192 --steps 100
+        --style ../shared/data/styles/starry_night.jpg --output docs/screenshot.png --max_size 192 --steps 100
 
 Starts the app on a free localhost port, drives Debian's Chromium (/usr/bin/chromium) with Playwright:
-picks both files, submits, waits for the result, saves a PNG screenshot (quantised to keep it small).
+picks the files (optionally a second painting, --style2, blended by --blend), the preset and how to keep the
+photo's colours, submits, waits for the result, saves a PNG screenshot (quantised to keep it small).
+--max_size, --steps, --preset and --preserve_colors are the settings of the same names (docs/settings.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tempfile
 from absl import flags
 from PIL import Image
 
-from nst_jax import weights as weights_lib
+from nst_jax import color, weights as weights_lib
 from nst_jax.commands import common
 from nst_jax.errors import NstJaxError
 from nst_jax.server import app as app_lib
@@ -24,7 +26,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("content", None, "Content photo.", required=True)
 flags.DEFINE_string("style", None, "Style painting.", required=True)
 flags.DEFINE_string("output", "docs/screenshot.png", "Where to write the screenshot (PNG).")
-flags.DEFINE_integer("size", 192, "Output size of the job.")
+flags.DEFINE_string("style2", None, "Optional second painting, blended in.")
+flags.DEFINE_integer("blend", 50, "Share of the second painting in percent (the page's field).")
+flags.DEFINE_enum("preserve_colors", "none", color.PRESERVE_COLORS, "Keep the photo's colours.")
+flags.DEFINE_integer("max_size", 192, "Output size of the job (longest side, px).")
 flags.DEFINE_integer("steps", 100, "Steps of the job.")
 flags.DEFINE_string("preset", "balanced", "Preset.")
 flags.DEFINE_string("weights", None, "VGG19 weights ('random' for a smoke run).")
@@ -51,9 +56,13 @@ def main(argv):
       page.wait_for_selector(f"input[name=preset][value={FLAGS.preset}]", state="attached")
       page.set_input_files("#content-input", FLAGS.content)
       page.set_input_files("#style-input", FLAGS.style)
+      if FLAGS.style2:
+        page.set_input_files("#style2-input", FLAGS.style2)
+        page.fill("#opt-blend", str(FLAGS.blend))
+      page.select_option("#opt-preserve-colors", FLAGS.preserve_colors)
       page.check(f"input[name=preset][value={FLAGS.preset}]")
       page.click("#advanced summary")
-      page.fill("#opt-size", str(FLAGS.size))
+      page.fill("#opt-size", str(FLAGS.max_size))
       page.fill("#opt-steps", str(FLAGS.steps))
       page.click("#submit")
       page.wait_for_function("() => { const i = document.getElementById('result-img');"

@@ -65,6 +65,11 @@ def test_upload_submit_and_see_result(tmp_path):
       page.wait_for_selector("#content-thumb", state="visible", timeout=30_000)
       page.wait_for_selector("#style-thumb", state="visible", timeout=30_000)
       assert page.text_content("#content-name") == HOSTILE_NAME
+      # The page offers every preset (the quality recipe too), keep colours and a second painting.
+      assert page.get_attribute("input[name=preset][value=quality]", "value") == "quality"
+      assert page.eval_on_selector_all("#opt-preserve-colors option", "os => os.map(o => o.value)") == [
+          "none", "luminance", "histogram"]
+      assert page.is_disabled("#opt-blend")  # Until there is a second painting.
       page.set_input_files("#style2-input", files=[{"name": "second.png", "mimeType": "image/png",
                                                     "buffer": png_bytes(3, 30, 50)}])
       page.select_option("#opt-preserve-colors", "luminance")

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # So tests can `import weight_files`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # And `benchmarks.torch_reference`.
+
+# One persistent compilation cache for the whole run, shared by the xdist workers and the commands the
+# tests start in subprocesses (they compile the same small programs again and again).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "nst_jax_test_jax_cache"))
 
 import weight_files  # noqa: E402
 

@@ -244,14 +244,14 @@ def test_batch_command_honours_every_setting_flag(tmp_path, weights):
 def test_batch_command_stops_on_sigint_and_resumes_from_the_checkpoint(tmp_path, weights):
   write_inputs(tmp_path)
   path = write_manifest(tmp_path, ["content,style,output", "cat.jpg,coffee.png,out.png"])
-  args = [f"--manifest={path}", "--steps=1500", "--checkpoint_every=100"]
+  args = [f"--manifest={path}", "--steps=400", "--checkpoint_every=20"]
   proc = command(args, background=True)
   folder = tmp_path / ".pairs.nst-jax"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if folder.is_dir() and any(name.isdigit() for sub in folder.iterdir() for name in os.listdir(sub)):
       break  # A first checkpoint is there: the row is running.
-    time.sleep(0.1)
+    time.sleep(0.02)
   proc.send_signal(signal.SIGINT)
   stdout, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 130, stderr
@@ -260,7 +260,7 @@ def test_batch_command_stops_on_sigint_and_resumes_from_the_checkpoint(tmp_path,
   again = command(args)
   assert again.returncode == 0, again.stderr
   assert "row 1: resuming from step" in again.stderr
-  expected = reference(tmp_path, "cat.jpg", ["coffee.png"], {**FLAGS, "steps": 1500}, weights)
+  expected = reference(tmp_path, "cat.jpg", ["coffee.png"], {**FLAGS, "steps": 400}, weights)
   assert np.max(np.abs(read_png(tmp_path / "out.png") - as_png(expected))) <= 1
   assert not folder.exists()
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from nst_jax import inputs, optimize, settings, vgg
+from nst_jax import engine, inputs, optimize, settings, vgg
 from nst_jax.server.app import create_app
 from web_helpers import free_port, live_server, png_bytes, wait_for
 
@@ -240,6 +240,27 @@ def test_jobs_with_other_step_counts_share_a_batch_and_equal_their_single_runs(t
   for data, photo, style, result in zip(asks, photos, styles, results):
     expected = _library_result(tmp_path, photo, [style], data)
     assert np.max(np.abs(result - expected)) <= PNG_TOLERANCE, data
+
+
+def test_one_bad_job_does_not_fail_its_batch(tmp_path):
+  """A job whose checkpoint belongs to another run fails alone, naming the problem; its batch-mate finishes."""
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0,
+                   checkpoint_every=None, start_worker=False)
+  store = app.state.store
+  with TestClient(app) as client:
+    good, bad = (client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 3, **SHALLOW}).json()
+                 for _ in range(2))
+    other = engine.Job(content=np.full((26, 32, 3), 0.5, np.float32), styles=[np.ones((32, 32, 3), np.float32)],
+                       config=settings.resolve({"max_size": 32, "steps": 1, **SHALLOW}),
+                       checkpoint_dir=store.checkpoint_dir(bad["id"]))
+    engine.Engine(WEIGHTS).run([other])  # Leaves another run's checkpoint in the job's folder.
+    app.state.worker.start()
+    try:
+      done, failed = (wait_for(_get(client, job["id"])) for job in (good, bad))
+    finally:
+      app.state.worker.stop()
+  assert done["status"] == "done" and done["step"] == 3
+  assert failed["status"] == "failed" and "belongs to another run" in failed["error"]
 
 
 def test_cancelling_a_requeued_job_removes_its_checkpoints(tmp_path):

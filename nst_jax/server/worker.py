@@ -5,7 +5,8 @@ Bucket policy: the first queued job and up to `max_batch - 1` more queued jobs w
 same image shape and the same compiled settings (`settings.STATIC`: optimizer and its settings, layers,
 pooling, TV kind) run as one vmapped batch. Step counts, resume points, loss weights, seeds, blends and
 colours may differ: each job has its own step budget in the batch. `compiled_steps()` counts the step
-programs XLA compiled (one per shape, static settings and batch size).
+programs XLA compiled (one per shape, static settings and batch size). A batch that fails runs its
+unfinished jobs again one by one, so one job's problem (e.g. a checkpoint of another run) fails that job only.
 
 Checkpoints are the engine's (orbax, one format everywhere) in each job's `checkpoints/` folder, every
 `checkpoint_every` seconds and at stops. A cancel stops only that job (the others of its batch go on); a
@@ -69,6 +70,7 @@ class Worker:
     policy = engine.CheckpointPolicy(every_steps=0, every_seconds=float(checkpoint_every or 0.0), keep=1)
     self.engine = engine.Engine(weights, max_batch=self.max_batch, checkpoints=policy)
     self._cancel: set[str] = set()
+    self._keys: dict[str, tuple] = {}  # Queued job id -> its bucket key (engine.job_bucket_key).
     self._stop = threading.Event()
     self._wake = threading.Event()
     self._thread: threading.Thread | None = None
@@ -124,19 +126,23 @@ class Worker:
       queued = self.store.queued()
       if not queued or self._stop.is_set():
         return []
+    self._keys = {job["id"]: self._keys[job["id"]] for job in queued if job["id"] in self._keys}
     first_key, group = None, []
     for job in queued:
       try:
-        loaded = load_job(self.store, job)
-        key = self.engine.job_bucket_key(loaded)
+        loaded = None
+        if job["id"] not in self._keys:  # Inputs are read once per queued job, not once per batch.
+          loaded = load_job(self.store, job)
+          self._keys[job["id"]] = self.engine.job_bucket_key(loaded)
+        key = self._keys[job["id"]]
+        first_key = key if first_key is None else first_key
+        if key == first_key:
+          group.append((job, loaded or load_job(self.store, job)))
       except NstJaxError as e:
         self.store.finish(job["id"], "failed", str(e))
         continue
-      first_key = key if first_key is None else first_key
-      if key == first_key:
-        group.append((job, loaded))
-        if len(group) >= self.max_batch:
-          break
+      if len(group) >= self.max_batch:
+        break
     claimed = set(self.store.claim([job["id"] for job, _ in group], len(group))) if group else set()
     return [(self.store.get(job["id"]), loaded) for job, loaded in group if job["id"] in claimed]
 
@@ -147,7 +153,14 @@ class Worker:
     try:
       self.engine.run([job for _, job in batch], hooks=[_JobHooks(self)])
     except Exception as e:
-      self._fail(ids, e)
+      left = [(job, loaded) for job, loaded in batch if self.store.get(job["id"])["status"] == "running"]
+      if len(batch) > 1 and left and not self._stop.is_set():
+        log.warning("a batch of %d failed (%s); running its %d unfinished job(s) one by one", len(batch), e,
+                    len(left))
+        for one in left:  # One job's problem (e.g. its checkpoint) must not fail the others.
+          self._run_batch([one])
+        return
+      self._fail([job["id"] for job, _ in left], e)
 
   def _fail(self, ids, error: Exception) -> None:
     message = str(error) if isinstance(error, NstJaxError) else f"internal error ({type(error).__name__})"

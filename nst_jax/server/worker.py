@@ -202,6 +202,9 @@ class _JobHooks:
       self.store.update_progress(job_id, event.step, rate, new_preview=preview)
     self._note_checkpoint(event.run)
 
+  def on_stage_end(self, run) -> None:
+    self._note_checkpoint(run)  # The engine checkpoints every finished scale of a coarse-to-fine job.
+
   def should_stop(self, run) -> bool:
     return self.worker._stop.is_set() or run.job.name in self.worker._cancel
 

@@ -27,6 +27,8 @@ def _image(array, shape):
 def _config(**overrides):
   config = default.get_config()
   config.update(dict(steps=2, scale_steps=2, style_weight=1e3, log_every=1))
+  # Three VGG blocks keep compiles short; stages, colours, blends and remat do not depend on the depth.
+  config.update(dict(content_layers=("relu3_1",), style_layers=("relu1_1", "relu2_1", "relu3_1")))
   config.update(overrides)
   return config
 

@@ -106,7 +106,8 @@ def main(argv):
   print(f"batched / one at a time throughput: {ratio:.2f}x")
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
-      json.dump({"max_size": FLAGS.max_size, "steps": FLAGS.steps, "latency": single, **rows, "ratio": ratio}, f, indent=1)
+      json.dump({"max_size": FLAGS.max_size, "steps": FLAGS.steps, "latency": single, **rows, "ratio": ratio}, f,
+                indent=1)
 
 
 if __name__ == "__main__":

@@ -235,8 +235,9 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
 
   @app.get("/api/config", summary="Presets, settings, limits and defaults for the page")
   def get_config():
-    return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name) or _RECIPE_TEXT.get(name, ""),
-                               **presets.get_preset(name)} for name in presets.ALL_PRESETS},
+    described = {**_RECIPE_TEXT, **presets.PRESET_DESCRIPTIONS}
+    return {"presets": {name: {"description": described.get(name, ""), **presets.get_preset(name)}
+                        for name in presets.ALL_PRESETS},
             "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, limits.max_size),
             "default_steps": min(DEFAULT_STEPS, limits.max_steps), "max_size": limits.max_size,
             "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),
@@ -420,7 +421,8 @@ def _add_job_views(app: FastAPI, store: JobStore, worker: Worker, owned, view, e
     return _file(job_id, "result.png", "image/png", filename=f"nst-jax-{job_id[:8]}.png",
                  content_disposition_type="attachment" if download else "inline")
 
-  @app.get("/api/jobs/{job_id}/input/{which}", summary="The job's photo or painting as uploaded (PNG; downscaled if over the size limit)")
+  @app.get("/api/jobs/{job_id}/input/{which}",
+           summary="The job's photo or painting as uploaded (PNG; downscaled if over the size limit)")
   def job_input(request: Request, job_id: str, which: Literal["content", "style", "style2"]):
     owned(request, job_id)
     return _file(job_id, f"{which}.png", "image/png")

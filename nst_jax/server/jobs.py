@@ -6,7 +6,8 @@ connection; WAL lets the web handlers read while the worker writes.
 
 Files of job `id` live in `data_dir/jobs/<id>/`: `content.png`, `style.png`, `style2.png` (decoded inputs;
 the uploaded bytes and file names are never written), `preview.jpg`, `result.png`, `checkpoints/` (the
-engine's orbax checkpoints; removed when the job is done or cancelled). Job ids come from `secrets.token_urlsafe`, never from user input.
+engine's orbax checkpoints; removed when the job is done or cancelled). Job ids come from
+`secrets.token_urlsafe`, never from user input.
 """
 
 from __future__ import annotations

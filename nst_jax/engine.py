@@ -443,8 +443,8 @@ class Engine:
           metrics["steps_per_second"] = (run.local_step - last_log_steps[i]) / max(now - last_log, 1e-9)
           last_log_steps[i] = run.local_step
         event = StepEvent(run=run, step=run.step, local_step=run.local_step, metrics=metrics, view=view, item=i)
+        stores.maybe_save(event)  # First, so that hooks see this step's checkpoint in `run.saved_step`.
         _call(hooks, "on_step", event)
-        stores.maybe_save(event)
       if logging:
         last_log = now
       stopping = [i for i in active if _any(hooks, "should_stop", runs[i])]
@@ -560,8 +560,8 @@ class _CheckpointStores:
       return None
     step, tree, meta = found
     if meta.get("config_hash") != run.digest:
-      raise NstJaxError(f"checkpoint {step} in {store.directory} belongs to another run (settings or inputs "
-                        f"changed); use another folder, or remove it to start afresh")
+      raise NstJaxError(f"{run.job.name or 'job'}: checkpoint {step} in {store.directory} belongs to another "
+                        f"run (settings or inputs changed); use another folder, or remove it to start afresh")
     self.last_saved[run.index] = time.monotonic()
     return meta, tree
 

@@ -235,8 +235,7 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
 
   @app.get("/api/config", summary="Presets, settings, limits and defaults for the page")
   def get_config():
-    described = {**_RECIPE_TEXT, **presets.PRESET_DESCRIPTIONS}
-    return {"presets": {name: {"description": described.get(name, ""), **presets.get_preset(name)}
+    return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name, ""), **presets.get_preset(name)}
                         for name in presets.ALL_PRESETS},
             "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, limits.max_size),
             "default_steps": min(DEFAULT_STEPS, limits.max_steps), "max_size": limits.max_size,
@@ -247,10 +246,6 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
 
 
 # Page texts of the recipes that presets.PRESET_DESCRIPTIONS does not describe.
-_RECIPE_TEXT = {"quality": "The quickest way to a finished picture: 100 L-BFGS iterations from the photo in "
-                           "the painting's colours."}
-
-
 def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limits, limiter: RateLimiter,
                     event_interval: float) -> None:
   owned = lambda request, job_id: _owned(store, request, job_id)

@@ -447,7 +447,12 @@ class Engine:
         _call(hooks, "on_step", event)
       if logging:
         last_log = now
-      stopping = [i for i in active if _any(hooks, "should_stop", runs[i])]
+      for i in active:  # A job at the end of its last stage is finished now, not when its batch ends.
+        run = runs[i]
+        if run.local_step == budgets[i] and run.stage.index + 1 == len(run.stages):
+          run.state, run.seconds, run.clock = view.item_state(i), run.elapsed(), None
+          self._end_stage(run, stores, hooks)
+      stopping = [i for i in active if runs[i].status == "running" and _any(hooks, "should_stop", runs[i])]
       if stopping:
         for i in stopping:
           budgets[i] = starts[i] + t  # Frozen from now on; the others go on.

@@ -4,6 +4,7 @@ Batching is done with `jax.vmap` by the caller, never by hand here.
 
 References:
   L. A. Gatys, A. S. Ecker, M. Bethge. Image Style Transfer Using Convolutional Neural Networks. CVPR 2016.
+  M. Ruder, A. Dosovitskiy, T. Brox. Artistic Style Transfer for Videos. GCPR 2016 (temporal loss).
 """
 
 from __future__ import annotations
@@ -72,6 +73,32 @@ def total_variation_loss(image: jax.Array, *, kind: str = "l2") -> jax.Array:
   if kind == "l1":
     return jnp.sum(jnp.abs(dy)) + jnp.sum(jnp.abs(dx))
   raise ValueError(f"unknown total-variation kind {kind!r}; expected one of {TV_KINDS}")
+
+
+def closest_first(masks: jax.typing.ArrayLike) -> jax.Array:
+  """Long-term masks made disjoint, nearer frames first: `c_k = max(c_k - sum_{j<k} c_j, 0)`.
+
+  `masks` `[K, H, W]` are ordered nearest earlier frame first; a pixel reliable in a nearer frame is then
+  not pulled again towards a farther one (Ruder et al. 2016, eq. 8; artistic-videos' closestFirst).
+  """
+  masks = jnp.asarray(masks)
+  nearer = jnp.cumsum(masks, axis=0) - masks  # [K, H, W]: sum over the nearer frames.
+  return jnp.maximum(masks - nearer, 0.0)
+
+
+def temporal_loss(*, image: jax.Array, warped: jax.Array, masks: jax.Array) -> jax.Array:
+  """`sum_k sum(c_k * (x - w_k)^2) / D`, D = H * W * 3 (Ruder et al. 2016, eq. 7 and 9).
+
+  Args:
+    image: the frame being optimised, x `[H, W, 3]`.
+    warped: earlier outputs warped into this frame by the optical flow, w_k `[K, H, W, 3]`.
+    masks: per-pixel weights c_k `[K, H, W]` in [0, 1] (0 where the flow is unreliable; disjoint over k,
+      see `closest_first`).
+  """
+  _check_features(image, "image")
+  if warped.shape[1:] != image.shape or masks.shape != warped.shape[:3]:
+    raise ValueError(f"temporal targets {warped.shape} / masks {masks.shape} do not fit image {image.shape}")
+  return jnp.sum(masks[..., None] * jnp.square(image[None] - warped)) / image.size
 
 
 def total_loss(*, content: jax.Array, style: jax.Array, tv: jax.Array, content_weight: jax.Array,

@@ -35,6 +35,8 @@ class LossSpec:
   tv_kind: str = struct.field(pytree_node=False, default="l2")
   pooling: str = struct.field(pytree_node=False, default="max")
   remat: bool = struct.field(pytree_node=False, default=False)
+  # Earlier frames the temporal loss pulls towards (video); 0 = no temporal term, the image loss exactly.
+  temporal_frames: int = struct.field(pytree_node=False, default=0)
 
   @property
   def style_layers(self) -> tuple[str, ...]:
@@ -53,12 +55,18 @@ class Targets:
     content_features: `{layer: [h, w, C]}` of the content image.
     style_grams: `{layer: [C, C]}` style Gram matrices, rescaled to the output's number of positions.
     content_weight, style_weight, tv_weight: scalars alpha, beta, theta (per item, so sweeps batch).
+    temporal_images, temporal_masks, temporal_weight: video only (None otherwise): earlier outputs warped
+      into this frame `[K, H, W, 3]`, their reliability masks `[K, H, W]` (disjoint, nearer first) and the
+      scalar weight of `losses.temporal_loss`; K = `LossSpec.temporal_frames`.
   """
   content_features: dict
   style_grams: dict
   content_weight: jax.Array
   style_weight: jax.Array
   tv_weight: jax.Array
+  temporal_images: jax.Array | None = None
+  temporal_masks: jax.Array | None = None
+  temporal_weight: jax.Array | None = None
 
 
 @struct.dataclass
@@ -76,8 +84,9 @@ def _positive(value: float, name: str, *, allow_zero: bool = True) -> float:
   return value
 
 
-def loss_spec_from_config(config: ml_collections.ConfigDict) -> LossSpec:
-  """Validates the loss settings of `config` and returns the static `LossSpec`."""
+def loss_spec_from_config(config: ml_collections.ConfigDict, *, temporal_frames: int = 0) -> LossSpec:
+  """Validates the loss settings of `config` and returns the static `LossSpec` (`temporal_frames`: K of
+  the jobs' temporal targets, 0 for pictures)."""
   try:
     content_layers = vgg.validate_layers(config.content_layers)
     style_layers = vgg.validate_layers(config.style_layers)
@@ -94,7 +103,8 @@ def loss_spec_from_config(config: ml_collections.ConfigDict) -> LossSpec:
   if config.pooling not in vgg.POOLING_KINDS:
     raise NstJaxError(f"unknown pooling {config.pooling!r}; expected one of {vgg.POOLING_KINDS}")
   return LossSpec(content_layers=content_layers, style_layer_weights=tuple(zip(style_layers, layer_weights)),
-                  tv_kind=config.tv_kind, pooling=config.pooling, remat=bool(config.get("remat", False)))
+                  tv_kind=config.tv_kind, pooling=config.pooling, remat=bool(config.get("remat", False)),
+                  temporal_frames=int(temporal_frames))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -164,7 +174,8 @@ def targets_from_config(weights: vgg.VGGWeights, config: ml_collections.ConfigDi
 
 
 def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
-  """`loss_fn(image [H, W, 3], targets, weights) -> (total, {'total', 'content', 'style', 'tv'})`."""
+  """`loss_fn(image [H, W, 3], targets, weights) -> (total, {'total', 'content', 'style', 'tv'})`, plus
+  'temporal' when `spec.temporal_frames` > 0."""
 
   def loss_fn(image, targets: Targets, weights: vgg.VGGWeights):
     features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat)
@@ -175,7 +186,14 @@ def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
     tv = losses.total_variation_loss(image, kind=spec.tv_kind)
     total = losses.total_loss(content=content, style=style, tv=tv, content_weight=targets.content_weight,
                               style_weight=targets.style_weight, tv_weight=targets.tv_weight)
-    return total, {"total": total, "content": content, "style": style, "tv": tv}
+    metrics = {"content": content, "style": style, "tv": tv}
+    if spec.temporal_frames:
+      if targets.temporal_masks is None or targets.temporal_masks.shape[0] != spec.temporal_frames:
+        raise ValueError(f"the loss expects temporal targets of {spec.temporal_frames} frame(s)")
+      temporal = losses.temporal_loss(image=image, warped=targets.temporal_images, masks=targets.temporal_masks)
+      total = total + targets.temporal_weight * temporal
+      metrics["temporal"] = temporal
+    return total, {"total": total, **metrics}
 
   return loss_fn
 
@@ -327,10 +345,10 @@ class Stylizer:
   The run loop lives in `nst_jax.engine`.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, *, temporal_frames: int = 0):
     validate_config(config)
     self.config = config
-    self.spec = loss_spec_from_config(config)
+    self.spec = loss_spec_from_config(config, temporal_frames=temporal_frames)
     self.optimizer = make_optimizer(config)
     self.linesearch = uses_linesearch(config)
     step = make_budgeted_step(make_step(self.spec, self.optimizer, linesearch=self.linesearch))

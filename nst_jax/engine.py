@@ -146,12 +146,20 @@ class Job:
     config: the settings (`settings.resolve`); validated again by the engine.
     name: a label for progress and logs (e.g. the output path).
     checkpoint_dir: where the job's checkpoints live (None: none); the job resumes from the newest one.
+    init_image: the first stage's starting image `[H, W, 3]` at the output size (resized to the stage) in
+      place of `config.init`, in the space the optimisation sees (`color.prepare`); e.g. a video frame
+      starts from the warped previous output.
+    extra_targets: more `optimize.Targets` fields for this job, e.g. the temporal loss's
+      `temporal_images [K, H, W, 3]`, `temporal_masks [K, H, W]`, `temporal_weight` (a scalar). Arrays
+      whose axes 1 and 2 are the output's (H, W) are resized to each stage; K decides the compiled loss.
   """
   content: np.ndarray
   styles: Sequence[np.ndarray]
   config: ml_collections.ConfigDict
   name: str = ""
   checkpoint_dir: str | None = None
+  init_image: np.ndarray | None = None
+  extra_targets: dict | None = None
 
 
 @dataclasses.dataclass
@@ -168,13 +176,45 @@ class Result:
   metrics: dict  # Final losses (of the last stage run).
   stages: list[dict]  # Per stage: index, height, width, steps, remat, seconds, losses.
   seconds: float
+  raw_image: np.ndarray | None = None  # The optimised image before `color.finish` (what a video warps).
 
 
 def job_digest(job: Job, weights: vgg.VGGWeights) -> tuple[dict, str]:
   """`(identity, hash)`: everything that decides the job's image at a given step (`rundir.identity`)."""
   ident = rundir.identity(job.config, weights_source=weights.source, weights_sha256=weights.sha256,
                           content=job.content, styles=list(job.styles))
+  # Video-only settings act through `init_image` and `extra_targets` (below); pictures' digests ignore them.
+  ident["settings"] = {k: v for k, v in ident["settings"].items() if k not in settings.VIDEO_ONLY}
+  if job.init_image is not None:
+    ident["init_image"] = rundir.array_digest(np.asarray(job.init_image, np.float32))
+  if job.extra_targets:
+    ident["extra_targets"] = {name: rundir.array_digest(np.asarray(value, np.float32))
+                              for name, value in sorted(job.extra_targets.items())}
   return ident, rundir.config_hash(ident)
+
+
+def loss_extras(job: Job) -> tuple:
+  """The compile-time switches a job's `extra_targets` add to its loss: `(("temporal_frames", K),)` or ()."""
+  masks = (job.extra_targets or {}).get("temporal_masks")
+  return () if masks is None else (("temporal_frames", int(np.shape(masks)[0])),)
+
+
+def _check_extras(job: Job, shape: Sequence[int]) -> None:
+  known = {f.name for f in dataclasses.fields(optimize.Targets)}
+  for name, value in (job.extra_targets or {}).items():
+    if name not in known:
+      raise NstJaxError(f"{job.name or 'job'}: unknown target {name!r}")
+  if job.init_image is not None and np.shape(job.init_image) != tuple(shape):
+    raise NstJaxError(f"{job.name or 'job'}: init_image {np.shape(job.init_image)} is not the photo's {shape}")
+
+
+def _resize_extra(value: Any, full: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+  """A `[K, H, W, ...]` extra target at the output size (H, W) = `full`, resized to the stage `shape`."""
+  value = np.asarray(value, np.float32)
+  if value.ndim < 3 or tuple(value.shape[1:3]) != tuple(full[:2]) or tuple(full[:2]) == tuple(shape):
+    return value
+  return np.stack([image_io.resize(v, shape) if v.ndim == 3 else image_io.resize(v[..., None], shape)[..., 0]
+                   for v in value])
 
 
 class JobRun:
@@ -189,6 +229,8 @@ class JobRun:
     if self.photo.ndim != 3 or self.photo.shape[-1] != 3:
       raise NstJaxError(f"content must be [H, W, 3], got shape {self.photo.shape}")
     self.content, self.styles = color.prepare(self.photo, as_style_list(job.styles), job.config.preserve_colors)
+    _check_extras(job, self.photo.shape)
+    self.loss_extras = loss_extras(job)
     self.stages = plan(job.config, self.photo.shape)
     self.offsets = np.concatenate([[0], np.cumsum([s.steps for s in self.stages])]).astype(int).tolist()
     self.total_steps = self.offsets[-1]
@@ -268,23 +310,27 @@ class Engine:
     """How many step programs have been compiled (one per static config, shape and batch size)."""
     return sum(s.compiled_count() for s in self._stylizers.values())
 
-  def stylizer(self, config: ml_collections.ConfigDict, remat: bool) -> optimize.Stylizer:
-    key = (settings.static_key(config), remat)
+  def stylizer(self, config: ml_collections.ConfigDict, remat: bool, extras: tuple = ()) -> optimize.Stylizer:
+    """The compiled program of a static config, remat and the jobs' `loss_extras`."""
+    key = (settings.static_key(config), remat, extras)
     if key not in self._stylizers:
       stage_config = ml_collections.ConfigDict(config.to_dict())
       stage_config.remat = remat
-      self._stylizers[key] = optimize.Stylizer(stage_config)
+      self._stylizers[key] = optimize.Stylizer(stage_config, **dict(extras))
     return self._stylizers[key]
+
+  def _stylizer_of(self, run: JobRun) -> optimize.Stylizer:
+    return self.stylizer(run.config, run.stage.remat, run.loss_extras)
 
   @staticmethod
   def bucket_key(run: JobRun) -> tuple:
-    """Items with equal keys share one compiled program: stage shape, static settings, remat."""
-    return (run.stage.shape, settings.static_key(run.config), run.stage.remat)
+    """Items with equal keys share one compiled program: stage shape, static settings, remat, loss extras."""
+    return (run.stage.shape, settings.static_key(run.config), run.stage.remat) + run.loss_extras
 
   def job_bucket_key(self, job: Job) -> tuple:
     """The bucket of a job's first stage (how the server groups queued jobs before running them)."""
     stages = plan(job.config, np.shape(job.content))
-    return (stages[0].shape, settings.static_key(job.config), stages[0].remat)
+    return (stages[0].shape, settings.static_key(job.config), stages[0].remat) + loss_extras(job)
 
   # ---- running -----------------------------------------------------------------------------------------------
 
@@ -340,12 +386,17 @@ class Engine:
     run.stage_index = index
     stage = run.stage
     config = run.config
-    stylizer = self.stylizer(config, stage.remat)
+    stylizer = self._stylizer_of(run)
     content = image_io.resize(run.content, stage.shape)
     styles = [resize_style(s, stage.shape, float(config.style_scale)) for s in run.styles]
     run.targets = optimize.targets_from_config(self.raw_weights, config, content, styles,
                                                config.style_blend_weights)
-    if previous is None:
+    if run.job.extra_targets:
+      run.targets = run.targets.replace(**{name: _resize_extra(value, run.photo.shape, stage.shape)
+                                           for name, value in run.job.extra_targets.items()})
+    if previous is None and run.job.init_image is not None:
+      start = image_io.resize(np.asarray(run.job.init_image, np.float32), stage.shape)
+    elif previous is None:
       start = optimize.init_image(config.init, content, styles, seed=int(config.seed),
                                   style_blend_weights=config.style_blend_weights)
     else:
@@ -360,7 +411,7 @@ class Engine:
 
   def _abstract_state(self, run: JobRun, stage_index: int) -> optimize.StylizeState:
     stage = run.stages[stage_index]
-    optimizer = self.stylizer(run.config, stage.remat).optimizer
+    optimizer = self.stylizer(run.config, stage.remat, run.loss_extras).optimizer
     image = jax.ShapeDtypeStruct((*stage.shape, 3), np.float32)
     return jax.eval_shape(lambda x: optimize.init_state(x, optimizer), image)
 
@@ -388,7 +439,7 @@ class Engine:
 
   def _end_stage(self, run: JobRun, stores: "_CheckpointStores", hooks: list) -> None:
     if run.metrics_step != run.local_step:  # Logged at the stage's last step, unless restored there.
-      stylizer = self.stylizer(run.config, run.stage.remat)
+      stylizer = self._stylizer_of(run)
       losses = jax.device_get(stylizer.evaluate(run.state.image[None], _batch1(run.targets), self.raw_weights))
       run.metrics = {k: float(v[0]) for k, v in losses.items()}
     stage = run.stage
@@ -406,7 +457,7 @@ class Engine:
   def _run_bucket(self, runs: list[JobRun], stores: "_CheckpointStores", hooks: list, size: int) -> None:
     """Steps one bucket of items (padded to `size` with frozen copies) until each reaches its stage budget
     or is stopped."""
-    stylizer = self.stylizer(runs[0].config, runs[0].stage.remat)
+    stylizer = self._stylizer_of(runs[0])
     padded = runs + [runs[-1]] * (size - len(runs))
     budgets = np.array([run.stage.steps for run in runs] + [0] * (size - len(runs)), np.int32)
     starts = np.array([run.local_step for run in runs], np.int64)
@@ -469,7 +520,7 @@ class Engine:
     done = run.status == "done"
     return Result(image=run.final_image() if done else run.image(), status=run.status, step=run.step,
                   total_steps=run.total_steps, metrics=dict(run.metrics), stages=list(run.stage_records),
-                  seconds=run.seconds)
+                  seconds=run.seconds, raw_image=run.image())
 
 
 @dataclasses.dataclass

@@ -32,11 +32,18 @@ from nst_jax.errors import NstJaxError
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """One setting: its name, value kind (`int`, `float`, `str`, `bool`, `floats`, `names`), help text."""
+  """One setting: its name, value kind (`int`, `float`, `str`, `bool`, `floats`, `names`), help text, and
+  its scope: "all" (pictures and videos) or "video" (only `nst-jax video`; image jobs refuse it)."""
   name: str
   kind: str
   help: str
   choices: tuple[str, ...] | None = None
+  scope: str = "all"
+
+
+VIDEO_MODES = ("sequential", "multipass")
+FLOW_METHODS = ("dis", "farneback")
+MAX_TEMPORAL_OFFSET = 16
 
 
 def _lr_help() -> str:
@@ -82,8 +89,17 @@ SETTINGS: tuple[Setting, ...] = (
             "painting, or noise with the painting's colour statistics", optimize.INIT_KINDS),
     Setting("seed", "int", "random seed (noise inits)"),
     Setting("log_every", "int", "evaluate and log the losses every N steps"),
+    Setting("temporal_weight", "float", "video: weight of the temporal loss pulling a frame towards the earlier "
+            "outputs warped by the optical flow", scope="video"),
+    Setting("video_mode", "str", "video: frame by frame, or all frames of a pass in one batch with passes "
+            "alternating direction (steps split over the passes)", VIDEO_MODES, scope="video"),
+    Setting("temporal_frames", "str", "video: earlier frames each frame is pulled towards, e.g. 1,2,4 (t-1, "
+            "t-2, t-4; nearer frames take precedence)", scope="video"),
+    Setting("passes", "int", "video, multipass: number of passes over the clip", scope="video"),
+    Setting("flow_method", "str", "video: optical flow (OpenCV)", FLOW_METHODS, scope="video"),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+VIDEO_ONLY: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.scope == "video")
 NAMES: tuple[str, ...] = tuple(BY_NAME)
 
 # Compiled into the step program: jobs share a batch only when these agree (and the image shape).
@@ -177,7 +193,7 @@ def _scales(value: Any) -> dict:
 
 
 def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None = None,
-            base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+            base: ml_collections.ConfigDict | None = None, scope: str = "image") -> ml_collections.ConfigDict:
   """The validated config of a run: defaults (or `base`), then the preset, then the given settings.
 
   Args:
@@ -185,6 +201,7 @@ def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None =
       steps_per_epoch). Empty values are skipped. Settings given here win over the preset.
     num_styles: the number of style images, to check `style_blend_weights` against (None: not checked).
     base: the config to start from (e.g. a batch's defaults); `default.get_config()` when None.
+    scope: "image" (a picture: video-only settings are refused) or "video" (`nst-jax video`).
 
   Raises:
     NstJaxError: an unknown name, a value of the wrong type, or an invalid combination, naming it.
@@ -193,6 +210,8 @@ def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None =
   for name in given:
     if name not in BY_NAME and name not in SHORTHANDS:
       raise _unknown(name)
+    if name in BY_NAME and BY_NAME[name].scope == "video" and scope != "video":
+      raise NstJaxError(f"{name} is a setting of `nst-jax video`, not of a picture")
   explicit = {name: parse(name, value) for name, value in given.items() if name in BY_NAME}
   if "scales" in given:
     both = {"scale_start", "scale_factor", "scale_steps"} & set(explicit)
@@ -237,12 +256,39 @@ def validate(config: ml_collections.ConfigDict, num_styles: int | None = None) -
   if float(config.style_scale) * int(config.max_size) > image_io.MAX_SIZE:
     raise NstJaxError(f"style_scale {config.style_scale:g} x max_size {config.max_size} is over the "
                       f"{image_io.MAX_SIZE} px limit for the style image")
+  temporal_offsets(config)
+  _positive_setting(config, "temporal_weight")
+  if config.video_mode not in VIDEO_MODES:
+    raise NstJaxError(f"unknown video_mode {config.video_mode!r}; expected one of {', '.join(VIDEO_MODES)}")
+  if config.flow_method not in FLOW_METHODS:
+    raise NstJaxError(f"unknown flow_method {config.flow_method!r}; expected one of {', '.join(FLOW_METHODS)}")
+  if not 1 <= int(config.passes) <= 100:
+    raise NstJaxError(f"passes must be 1-100, got {config.passes}")
   blend = config.style_blend_weights
   if blend is not None:
     if any(not w >= 0 for w in blend) or sum(blend) <= 0:
       raise NstJaxError(f"style_blend_weights must be >= 0 and not all 0, got {list(blend)}")
     if num_styles is not None and len(blend) != num_styles:
       raise NstJaxError(f"{len(blend)} style_blend_weights for {num_styles} style image(s)")
+
+
+def _positive_setting(config: ml_collections.ConfigDict, name: str) -> None:
+  value = float(config[name])
+  if not value >= 0 or value == float("inf"):
+    raise NstJaxError(f"{name} must be non-negative, got {config[name]}")
+
+
+def temporal_offsets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """`temporal_frames` "1,2,4" -> (1, 2, 4): distinct frame offsets 1-16, nearest first."""
+  text = str(config.temporal_frames)
+  message = f"temporal_frames takes frame offsets like 1,2,4 (1-{MAX_TEMPORAL_OFFSET}), got {text!r}"
+  try:
+    offsets = tuple(sorted({int(v) for v in _split(text)}))
+  except ValueError:
+    raise NstJaxError(message) from None
+  if not offsets or offsets[0] < 1 or offsets[-1] > MAX_TEMPORAL_OFFSET:
+    raise NstJaxError(message)
+  return offsets
 
 
 def given_settings(config: ml_collections.ConfigDict) -> dict:
@@ -279,6 +325,7 @@ def markdown_table() -> str:
     changed = [f"{p} ({_show(presets.get_preset(p)[s.name])})" for p in presets.ALL_PRESETS
                if s.name in presets.get_preset(p) and presets.get_preset(p)[s.name] != defaults[s.name]]
     compiled = "yes" if s.name in STATIC else "-"
+    meaning += " (`nst-jax video` only)" if s.scope == "video" else ""
     lines.append(f"| `{s.name}` | {_show(defaults[s.name])} | {meaning} | {', '.join(changed) or '-'} | {compiled} |")
   lines += ["", "| shorthand | meaning |", "|---|---|"]
   lines += [f"| `{name}` | {text} |" for name, text in SHORTHANDS.items()]

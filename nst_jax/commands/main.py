@@ -10,6 +10,7 @@ import sys
 # Sub-command name -> module with a `run(argv)` function.
 SUBCOMMANDS = {
     "stylize": "nst_jax.commands.stylize",
+    "video": "nst_jax.commands.video",
     "batch": "nst_jax.commands.batch",
     "experiments": "nst_jax.commands.experiments",
     "serve": "nst_jax.commands.serve",

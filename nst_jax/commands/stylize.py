@@ -60,12 +60,16 @@ def _flag_help(setting: settings.Setting) -> str:
   return f"{setting.help[0].upper()}{setting.help[1:]}{choices}. Default: {shown}."
 
 
-def define_setting_flags() -> None:
-  """One flag per setting of `nst_jax.settings` (the same name everywhere), plus the shorthands."""
+def define_setting_flags(scope: str = "all") -> None:
+  """One flag per setting of `nst_jax.settings` (the same name everywhere) of `scope` ("all": the picture
+  settings, plus the shorthands; "video": the video-only ones, which `nst-jax video` adds)."""
   define = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flags.DEFINE_string,
             "bool": flags.DEFINE_boolean, "floats": flags.DEFINE_list, "names": flags.DEFINE_list}
   for setting in settings.SETTINGS:
-    define[setting.kind](setting.name, None, _flag_help(setting))
+    if setting.scope == scope:
+      define[setting.kind](setting.name, None, _flag_help(setting))
+  if scope != "all":
+    return
   flags.DEFINE_string("preset", None, settings.SHORTHANDS["preset"] + " (docs/settings.md).")
   flags.DEFINE_list("scales", None, settings.SHORTHANDS["scales"] + " (e.g. 128,1.414,40).")
   flags.DEFINE_integer("epochs", None, settings.SHORTHANDS["epochs"] + ".")
@@ -78,7 +82,7 @@ define_setting_flags()
 def settings_from_flags() -> dict:
   """The settings and shorthands given on the command line (the others keep their defaults or preset)."""
   return {name: FLAGS[name].value for name in settings.NAMES + tuple(settings.SHORTHANDS)
-          if FLAGS[name].present}
+          if name in FLAGS and FLAGS[name].present}
 
 
 def config_from_flags():

@@ -64,4 +64,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.init = "content"
   config.seed = 0
   config.log_every = 10
+  # Video only (`nst-jax video`, nst_jax/video.py; image jobs refuse them): weight of the temporal loss
+  # (Ruder et al. 2016), sequential (frame by frame) or multipass (all frames of a pass in one batch, passes
+  # alternating direction, `steps` split over the passes), the earlier frames each frame is pulled towards
+  # ("1,2,4": t-1, t-2 and t-4, nearer first) and the optical flow (OpenCV DIS or Farneback).
+  config.temporal_weight = 1e3
+  config.video_mode = "sequential"
+  config.temporal_frames = "1"
+  config.passes = 4
+  config.flow_method = "dis"
   return config

@@ -41,6 +41,10 @@ _ENCODER_OPTIONS = {"libx264": {"crf": "18", "preset": "medium"}, "libvpx-vp9": 
 _OPUS_RATE = 48_000  # Opus encodes at 48 kHz only.
 
 
+class ClipTooLarge(NstJaxError):
+  """A clip over a limit (frames, seconds or pixels per frame): the web server answers 413, not 415."""
+
+
 @dataclasses.dataclass
 class Clip:
   """A decoded clip.
@@ -75,23 +79,24 @@ def _resized(frame: np.ndarray, max_size: int | None) -> np.ndarray:
 
 
 def read_clip(path: str, max_size: int | None = None, *, max_frames: int = MAX_FRAMES,
-              max_seconds: float = MAX_SECONDS) -> Clip:
+              max_seconds: float = MAX_SECONDS, max_pixels: int | None = None) -> Clip:
   """Reads a video file or a folder of numbered frames, frames resized to `max_size` (longest side).
 
   Raises:
-    NstJaxError: missing path, not a video, no video stream, no frames, a frame over `MAX_FRAME_PIXELS`,
-      more than `max_frames` frames or `max_seconds` seconds, frames of differing sizes in a folder, a
-      stream FFmpeg cannot decode.
+    NstJaxError: missing path, not a video, no video stream, no frames, frames of differing sizes in a
+      folder, a stream FFmpeg cannot decode; `ClipTooLarge` (a subclass): more than `max_frames` frames,
+      `max_seconds` seconds or `max_pixels` pixels per frame (default `MAX_FRAME_PIXELS`).
   """
+  max_pixels = MAX_FRAME_PIXELS if max_pixels is None else max_pixels  # Read at call time (patchable).
   path = os.fspath(path)
   if max_size is not None:
     image_io.check_size(int(max_size), "max_size")
   if not os.path.exists(path):
     raise NstJaxError(f"clip not found: {path}")
   if os.path.isdir(path):
-    frames = _read_folder(path, max_size, max_frames)
+    frames = _read_folder(path, max_size, max_frames, max_pixels)
     return Clip(frames=frames, fps=DEFAULT_FPS, source=path, has_audio=False)
-  return _read_file(path, max_size, max_frames, max_seconds)
+  return _read_file(path, max_size, max_frames, max_seconds, max_pixels)
 
 
 def _numbered_frames(folder: str) -> list[str]:
@@ -112,15 +117,15 @@ def _numbered_frames(folder: str) -> list[str]:
   return [os.path.join(folder, numbered[n]) for n in sorted(numbered)]
 
 
-def _read_folder(folder: str, max_size: int | None, max_frames: int) -> list[np.ndarray]:
+def _read_folder(folder: str, max_size: int | None, max_frames: int, max_pixels: int) -> list[np.ndarray]:
   paths = _numbered_frames(folder)
   if not paths:
     raise NstJaxError(f"{folder}: no frames (expected numbered images such as frame_00001.png)")
   if len(paths) > max_frames:
-    raise NstJaxError(f"{folder}: {len(paths)} frames is over the limit of {max_frames}")
+    raise ClipTooLarge(f"{folder}: {len(paths)} frames is over the limit of {max_frames}")
   frames, first_shape = [], None
   for path in paths:
-    frame = image_io.open_image(path, max_pixels=MAX_FRAME_PIXELS)
+    frame = image_io.open_image(path, max_pixels=max_pixels)
     if first_shape is None:
       first_shape = frame.shape
     elif frame.shape != first_shape:
@@ -137,7 +142,7 @@ def _stream_fps(stream) -> float:
   return DEFAULT_FPS
 
 
-def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: float) -> Clip:
+def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: float, max_pixels: int) -> Clip:
   av = _av()
   try:
     container = av.open(path)
@@ -148,24 +153,24 @@ def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: fl
       raise NstJaxError(f"{path}: no video stream (audio only?)")
     stream = container.streams.video[0]
     width, height = stream.codec_context.width, stream.codec_context.height
-    if width * height > MAX_FRAME_PIXELS:
-      raise NstJaxError(f"{path}: {width}x{height} frames are over the limit of {MAX_FRAME_PIXELS:,} pixels")
+    if width * height > max_pixels:
+      raise ClipTooLarge(f"{path}: {width}x{height} frames are over the limit of {max_pixels:,} pixels")
     seconds = container.duration / av.time_base if container.duration else 0.0
     if seconds > max_seconds:
-      raise NstJaxError(f"{path}: {seconds:.1f} s is over the limit of {max_seconds:g} s")
+      raise ClipTooLarge(f"{path}: {seconds:.1f} s is over the limit of {max_seconds:g} s")
     if stream.frames > max_frames:
-      raise NstJaxError(f"{path}: {stream.frames} frames is over the limit of {max_frames}")
+      raise ClipTooLarge(f"{path}: {stream.frames} frames is over the limit of {max_frames}")
     fps = _stream_fps(stream)
     frames = []
     try:
       for frame in container.decode(stream):
         if len(frames) == max_frames:
-          raise NstJaxError(f"{path}: more than {max_frames} frames (the limit)")
+          raise ClipTooLarge(f"{path}: more than {max_frames} frames (the limit)")
         if frame.time is not None and frame.time > max_seconds:
-          raise NstJaxError(f"{path}: longer than the limit of {max_seconds:g} s")
-        if frame.width * frame.height > MAX_FRAME_PIXELS:
-          raise NstJaxError(f"{path}: a {frame.width}x{frame.height} frame is over the limit of "
-                            f"{MAX_FRAME_PIXELS:,} pixels")
+          raise ClipTooLarge(f"{path}: longer than the limit of {max_seconds:g} s")
+        if frame.width * frame.height > max_pixels:
+          raise ClipTooLarge(f"{path}: a {frame.width}x{frame.height} frame is over the limit of "
+                             f"{max_pixels:,} pixels")
         rgb = frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
         if frames and rgb.shape[:2] != first_shape:
           rgb = image_io.resize(rgb, first_shape)  # A stream that changes size mid-way: keep the first.
@@ -319,6 +324,34 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float, *, audio_fr
   finally:
     if audio is not None:
       audio[0].close()
+
+
+def write_audio(path: str, source: str, seconds: float) -> bool:
+  """Re-encodes `source`'s first audio stream (cut at `seconds`) into `path` (AAC in an mp4 container, e.g.
+  `audio.m4a`), atomically; False (and no file) when it has no audio. `write_video(audio_from=path)` reads it.
+
+  The web server keeps a clip's sound this way without storing the uploaded bytes.
+  """
+  av = _av()
+  audio = None
+  try:
+    with image_io.atomic_write(path) as f, av.open(f, "w", format="mp4") as container:
+      audio = _add_audio(container, "aac", source)
+      if audio is None:
+        raise _NoAudio()
+      _copy_audio(container, audio, seconds)
+  except _NoAudio:
+    return False
+  except (av.error.FFmpegError, OSError, ValueError) as e:
+    raise NstJaxError(f"cannot write {path}: {_one_line(e)}") from None
+  finally:
+    if audio is not None:
+      audio[0].close()
+  return True
+
+
+class _NoAudio(Exception):
+  """Raised inside `write_audio` to drop the half-made file when the source has no audio."""
 
 
 def frame_name(index: int) -> str:

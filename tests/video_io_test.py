@@ -271,3 +271,32 @@ def test_a_failure_while_writing_leaves_no_file_and_keeps_an_old_one(tmp_path):
   assert_one_line_error("cannot read its audio", video_io.write_video, str(tmp_path / "a.mp4"), frames[:5], FPS,
                         audio_from=str(tmp_path / "out.mp4"))
   assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+
+def test_write_audio_keeps_the_sound_for_a_later_video(tmp_path):
+  source = encode_clip(tmp_path / "in.webm", clip_frames(), codec="libvpx-vp9", audio_codec="libopus")
+  audio = str(tmp_path / "audio.m4a")
+  assert video_io.write_audio(audio, source, T / FPS)
+  with av.open(audio) as container:
+    assert not container.streams.video and container.streams.audio[0].codec_context.name == "aac"
+  output = str(tmp_path / "out.mp4")
+  video_io.write_video(output, as_float(clip_frames()), FPS, audio_from=audio)
+  info = streams_of(output)
+  assert info["audio_codec"] == "aac" and abs(info["audio_seconds"] - T / FPS) < 0.1
+  silent = encode_clip(tmp_path / "silent.mp4", clip_frames())
+  assert not video_io.write_audio(str(tmp_path / "none.m4a"), silent, 1.0)
+  assert not os.path.exists(tmp_path / "none.m4a")
+  assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp")]
+
+
+def test_limit_errors_are_clip_too_large(tmp_path):
+  path = encode_clip(tmp_path / "clip.mp4", clip_frames())
+  with pytest.raises(video_io.ClipTooLarge):
+    video_io.read_clip(path, max_frames=4)
+  with pytest.raises(video_io.ClipTooLarge):
+    video_io.read_clip(path, max_pixels=100)
+  text = tmp_path / "notes.mp4"
+  text.write_text("not a video")
+  with pytest.raises(NstJaxError) as info:
+    video_io.read_clip(str(text))
+  assert not isinstance(info.value, video_io.ClipTooLarge)

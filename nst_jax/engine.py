@@ -290,14 +290,18 @@ class Engine:
     mesh: a `batch.make_mesh()` mesh to shard batches over, or None for plain single-device arrays.
     max_batch: most items per compiled batch (None = every compatible item at once).
     checkpoints: when jobs with a `checkpoint_dir` save.
+    min_batch: pad every batch to at least this many items (at most `max_batch`): a resumed run whose
+      batch has fewer unfinished jobs then runs the same compiled program as the uninterrupted one, so its
+      numbers are bitwise the same (a batch of one runs the plain, unvmapped step).
   """
 
   def __init__(self, weights: vgg.VGGWeights, *, mesh=None, max_batch: int | None = None,
-               checkpoints: CheckpointPolicy | None = None):
+               checkpoints: CheckpointPolicy | None = None, min_batch: int = 1):
     self.raw_weights = weights
     self.mesh = mesh
     self.weights = mesh_lib.replicate(weights, mesh)
     self.max_batch = max_batch
+    self.min_batch = max(1, min(int(min_batch), max_batch or int(min_batch)))
     self.policy = checkpoints or CheckpointPolicy()
     self._stylizers: dict[tuple, optimize.Stylizer] = {}
     self._batch_sizes: dict[tuple, list[int]] = {}
@@ -365,6 +369,7 @@ class Engine:
     one fits (so the shorter last chunk of a bucket reuses the program), else `count` rounded up to a
     multiple of the device count."""
     sizes = self._batch_sizes.setdefault(key, [])
+    count = max(count, self.min_batch)
     fitting = [s for s in sizes if s >= count]
     if fitting:
       return min(fitting)

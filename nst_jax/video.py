@@ -234,10 +234,13 @@ def run_video(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], config
   if workdir:
     _claim_workdir(workdir, video_identity(frames, styles, config, weights))
   cache = flow_cache if flow_cache is not None else flow.FlowCache(
-      os.path.join(workdir, "flow") if workdir else None)
+      os.path.join(workdir, "flow") if workdir else None, config.flow_method)
   store = _Store(workdir)
   mesh = mesh_lib.make_mesh() if jax.device_count() > 1 else None
-  runner = engine.Engine(weights, mesh=mesh, max_batch=max_batch,
+  # Multipass batches are padded to their full size, so that a resumed pass with fewer frames left runs the
+  # same compiled program, and gives the same numbers, as the uninterrupted one.
+  full = 1 if config.video_mode == "sequential" else min(len(frames), max_batch or len(frames))
+  runner = engine.Engine(weights, mesh=mesh, max_batch=max_batch, min_batch=full,
                          checkpoints=engine.CheckpointPolicy(every_steps=int(checkpoint_every)))
   hooks = list(hooks)
   count, total = len(frames), len(frames) * len(plan)
@@ -307,12 +310,20 @@ def run_video(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], config
     previous = current
   outputs = [color.finish(x, f, config.preserve_colors) for x, f in zip(previous, frames)]
   errors = np.asarray(flow.temporal_error(outputs, frames, method=config.flow_method, cache=cache), np.float32)
-  per_frame = [dict(r, temporal_error=None if t == 0 else float(errors[t - 1])) for t, r in enumerate(records)]
+  # NaN (no reliable pixel, e.g. a scene cut) is recorded as None.
+  per_frame = [dict(r, temporal_error=None if t == 0 or not np.isfinite(errors[t - 1]) else float(errors[t - 1]))
+               for t, r in enumerate(records)]
   result = VideoResult(frames=outputs, temporal_error=errors, seconds=time.perf_counter() - begin,
                        per_frame=per_frame)
   if workdir:
     write_report(workdir, result, config)
   return result
+
+
+def mean_error(errors: np.ndarray) -> float:
+  """Mean temporal error over the frame pairs that have reliable pixels (0 for a single frame)."""
+  errors = np.asarray(errors, np.float64)
+  return float(np.mean(errors[np.isfinite(errors)])) if np.isfinite(errors).any() else 0.0
 
 
 def write_metrics(path: str, result: VideoResult) -> None:
@@ -326,10 +337,10 @@ def write_report(workdir: str, result: VideoResult, config: ml_collections.Confi
   """metrics.jsonl (one line per frame, with its temporal error) and report.md in `workdir`."""
   write_metrics(os.path.join(workdir, METRICS), result)
   errors = result.temporal_error
+  finite = bool(np.isfinite(errors).any())
   lines = [f"# Video run: {len(result.frames)} frames, {config.video_mode}", "",
            f"Temporal error E (mean squared difference of frame t and frame t-1 warped by the flow, over reliable "
-           f"pixels): mean {float(np.mean(errors)) if len(errors) else 0.0:.6g}, max "
-           f"{float(np.max(errors)) if len(errors) else 0.0:.6g}.", "",
+           f"pixels): mean {mean_error(errors):.6g}, max {float(np.nanmax(errors)) if finite else 0.0:.6g}.", "",
            "| frame | pass | steps | seconds | total loss | temporal error |", "|---|---|---|---|---|---|"]
   for r in result.per_frame:
     e = "-" if r.get("temporal_error") is None else f"{r['temporal_error']:.6g}"

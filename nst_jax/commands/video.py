@@ -34,7 +34,7 @@ flags.DEFINE_integer("max_batch", video.DEFAULT_MAX_BATCH, "Multipass: most fram
 # The flags of `nst-jax` (stylize) that this command uses too, and what they mean here.
 _SHARED = {
     "style": "Style painting (file or skimage:NAME). Repeat the flag to blend several styles.",
-    "output": "The stylised video (.mp4, H.264), written when every frame is done.",
+    "output": "The stylised video (.mp4 or .mov: H.264; .webm: VP9), written when every frame is done.",
     "workdir": "Run folder: flow cache, per-frame checkpoints, finished frames, metrics.jsonl, report.md, "
                "progress.png. The same command run again resumes.",
     "overwrite": "Replace an existing --output (and files in --frames_out).",
@@ -75,9 +75,7 @@ def main(argv):
     raise NstJaxError("--checkpoint_every must be >= 0 and --max_batch >= 1")
   config = stylize.settings.resolve(stylize.settings_from_flags(), num_styles=len(FLAGS.style), scope="video")
   output = os.path.abspath(FLAGS.output)
-  if not output.lower().endswith(".mp4"):
-    raise NstJaxError(f"--output must be an .mp4 file, got {FLAGS.output!r}")
-  image_io.check_writable(output, overwrite=FLAGS.overwrite)
+  video_io.check_writable(output, overwrite=FLAGS.overwrite)
   if FLAGS.frames_out and os.path.isdir(FLAGS.frames_out) and os.listdir(FLAGS.frames_out) and not FLAGS.overwrite:
     raise NstJaxError(f"--frames_out {FLAGS.frames_out} is not empty (use --overwrite to replace its frames)")
   clip = video_io.read_clip(FLAGS.input, int(config.max_size))
@@ -106,7 +104,7 @@ def main(argv):
     video_io.write_frames(FLAGS.frames_out, result.frames)
   if not FLAGS.workdir:
     video.write_metrics(metrics_path(output), result)
-  mean = float(result.temporal_error.mean()) if len(result.temporal_error) else 0.0
+  mean = video.mean_error(result.temporal_error)
   print(f"wrote {FLAGS.output} ({len(result.frames)} frames, temporal error {mean:.4g}, "
         f"{result.seconds:.1f} s)")
 

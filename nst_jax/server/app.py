@@ -2,8 +2,8 @@
 
     app = create_app(data_dir="nst-jax-data", weights=weights_lib.load_vgg19("random"))
 
-API (schema at /openapi.json, interactive docs at /docs): `POST /api/jobs` (multipart: `content`, `style`
-image files + options) -> job; `GET /api/jobs` (this browser's jobs); `GET /api/jobs/{id}`;
+API (schema at /openapi.json, interactive docs at /docs): `POST /api/jobs` (multipart: `content` image or
+`video` clip, `style` image + options) -> job; `GET /api/jobs` (this browser's jobs); `GET /api/jobs/{id}`;
 `GET /api/jobs/{id}/events` (server-sent events); `GET /api/jobs/{id}/preview`, `/result`,
 `/input/{content|style}`; `POST /api/jobs/{id}/cancel`; `DELETE /api/jobs/{id}`.
 
@@ -36,8 +36,8 @@ from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
 from nst_jax.server import submit as submit_lib
 from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, valid_job_id
-from nst_jax.server.submit import DEFAULT_SIZE, DEFAULT_STEPS, Limits, SubmitError
-from nst_jax.server.worker import Worker
+from nst_jax.server.submit import DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_VIDEO_STEPS, Limits, SubmitError
+from nst_jax.server.worker import VIDEO_RESULT, Worker
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 COOKIE = "nst_client"
@@ -59,6 +59,7 @@ class JobView(BaseModel):
   """A job as the API returns it."""
   id: str
   status: Literal["queued", "running", "done", "failed", "cancelled"]
+  kind: Literal["image", "video"]
   label: str
   created: float
   started: float | None
@@ -82,6 +83,9 @@ class JobView(BaseModel):
   content_url: str
   style_url: str
   style2_url: str | None
+  frames: int  # A video: frames to stylise over all passes (0 for a picture).
+  frame: int  # A video: frames finished so far (over all passes).
+  temporal_error: float | None  # A finished video's flicker: mean of flow.temporal_error over its frames.
 
 
 class RateLimiter:
@@ -167,7 +171,10 @@ def _label(*names: str | None) -> str:
 def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels: int = DEFAULT_MAX_PIXELS,
                rate_limit: int = 10, max_size: int = 1024, max_steps: int = 2000, max_batch: int = 4,
                checkpoint_every: float | None = 30.0, preview_every: float = 2.0, batch_wait: float = 0.5,
-               event_interval: float = 0.5, start_worker: bool = True) -> FastAPI:
+               event_interval: float = 0.5, start_worker: bool = True,
+               max_video_seconds: float = submit_lib.DEFAULT_MAX_VIDEO_SECONDS,
+               max_video_frames: int = submit_lib.DEFAULT_MAX_VIDEO_FRAMES,
+               max_video_pixels: int = submit_lib.DEFAULT_MAX_VIDEO_PIXELS) -> FastAPI:
   """Builds the web app and its worker (started and stopped with the app's lifespan).
 
   Args:
@@ -179,6 +186,8 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
     max_size, max_steps: the largest output size (longest side, px) and step count a job may ask for.
     max_batch: how many compatible jobs run together in one vmapped step (1 = no batching).
     checkpoint_every, preview_every: seconds between checkpoints / preview images of running jobs.
+    max_video_seconds, max_video_frames, max_video_pixels: what a clip may hold (413 above): its length,
+      frames and decoded pixels per frame (the upload limit applies to its file too).
   """
   store = JobStore(data_dir)
   worker = Worker(store, weights, max_batch=max_batch, checkpoint_every=checkpoint_every,
@@ -199,7 +208,9 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
   app.state.worker = worker
   _add_client_tokens(app)
   app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
-  limits = Limits(max_size=max_size, max_steps=max_steps, max_pixels=max_pixels)
+  limits = Limits(max_size=max_size, max_steps=max_steps, max_pixels=max_pixels,
+                  max_video_seconds=max_video_seconds, max_video_frames=max_video_frames,
+                  max_video_pixels=max_video_pixels)
   _add_page_routes(app, limits, max_upload_mb)
   _add_job_routes(app, store, worker, limits, RateLimiter(rate_limit), event_interval)
   return app
@@ -242,7 +253,10 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
             "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),
             "max_upload_mb": max_upload_mb, "max_pixels": limits.max_pixels, "settings": list(settings.NAMES),
             "preserve_colors": list(settings.BY_NAME["preserve_colors"].choices), "keep_colors": True,
-            "max_styles": len(submit_lib.FILE_FIELDS) - 1}
+            "max_styles": len(STYLE_FIELDS), "default_video_steps": min(DEFAULT_VIDEO_STEPS, limits.max_steps),
+            "max_video_seconds": limits.max_video_seconds, "max_video_frames": limits.max_video_frames,
+            "max_video_pixels": limits.max_video_pixels,
+            "video_modes": list(settings.BY_NAME["video_mode"].choices)}
 
 
 # Page texts of the recipes that presets.PRESET_DESCRIPTIONS does not describe.
@@ -258,7 +272,8 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
 
   @app.post("/api/jobs", status_code=201, response_model=JobView, summary="Submit a style-transfer job",
             description=_SUBMIT_DESCRIPTION, openapi_extra=_SUBMIT_SCHEMA,
-            responses={413: {"description": "upload or image too large"}, 415: {"description": "not an image"},
+            responses={413: {"description": "upload, image or clip too large"},
+                       415: {"description": "not an image (or not a clip)"},
                        422: {"description": "unknown field or bad setting"}, 429: {"description": "rate limit"}})
   async def submit(request: Request):
     client = request.client.host if request.client else "unknown"
@@ -283,6 +298,8 @@ async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict
   except Exception:
     raise SubmitError(422, "expected a multipart form with the files content and style") from None
   files, fields = submit_lib.split_form(form.multi_items())
+  if "video" in files:
+    return await _create_video_job(request, store, limits, files, fields)
   uploads = [files[name] for name in submit_lib.FILE_FIELDS if name in files]
   options, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
   images = []
@@ -301,16 +318,46 @@ async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict
                       label=_label(*(u.filename for u in uploads)), **sizes)
 
 
+STYLE_FIELDS = ("style", "style2")
+
+
+async def _create_video_job(request: Request, store: JobStore, limits: Limits, files: dict, fields: dict) -> dict:
+  """A clip's job: settings (video ones allowed), the clip decoded within the limits, its frames stored."""
+  from nst_jax import video
+  styles = [files[name] for name in STYLE_FIELDS if name in files]
+  options, config = submit_lib.parse_options(fields, limits, num_styles=len(styles), kind="video")
+  clip, upload = await run_in_threadpool(submit_lib.read_video_upload, await files["video"].read(), limits)
+  try:
+    paintings = []
+    for upload_file, what in zip(styles, ("style image", "second style image")):
+      data = await upload_file.read()
+      paintings.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
+    job_id = new_job_id()
+    try:
+      sizes = await run_in_threadpool(submit_lib.write_video_inputs, store.job_dir(job_id), clip, upload,
+                                      paintings, config, limits)
+    except NstJaxError as e:
+      raise SubmitError(422, str(e)) from None
+  finally:
+    os.remove(upload)
+  if sizes["steps"] > limits.max_steps:
+    raise SubmitError(422, f"{sizes['steps']} steps over all scales is over the limit of {limits.max_steps}")
+  sizes["frames"] *= len(video.pass_plan(config))
+  return store.create(job_id=job_id, owner=request.state.owner, options=options, kind="video",
+                      label=_label(files["video"].filename, *(u.filename for u in styles)), **sizes)
+
+
 _SUBMIT_DESCRIPTION = (
-    "Multipart form: files `content`, `style` and optionally `style2` (a second painting, blended by "
-    "`style_blend_weights`), and any setting by its name (docs/settings.md), e.g. `preset` ("
+    "Multipart form: files `content` (a photo) or `video` (a short clip: mp4, webm, mov, gif...; the "
+    "result is an mp4 at its frame rate, with its sound), `style` and optionally `style2` (a second "
+    "painting, blended by `style_blend_weights`), and any setting by its name (docs/settings.md), e.g. `preset` ("
     + " | ".join(presets.ALL_PRESETS) + "), `max_size`, `steps`, `preserve_colors` (none | luminance | "
     "histogram), `style_weight`, `scales`. Empty fields keep the preset's or default value; an unknown "
     "field or a bad value is a 422 naming it.")
 _SUBMIT_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["content", "style"],
+    "type": "object", "required": ["style"],
     "properties": {
-        **{name: {"type": "string", "format": "binary"} for name in ("content", "style", "style2")},
+        **{name: {"type": "string", "format": "binary"} for name in submit_lib.FILE_FIELDS},
         **{name: {"type": "string", "description": settings.BY_NAME[name].help} for name in settings.NAMES},
         **{name: {"type": "string", "description": text} for name, text in settings.SHORTHANDS.items()},
     }}}}}}
@@ -364,10 +411,15 @@ def _view(store: JobStore, job: dict) -> dict:
   base = f"/api/jobs/{job['id']}"
   eta = None
   if job["status"] == "running" and job["steps_per_second"]:
-    eta = max(0.0, (job["steps"] - job["step"]) / job["steps_per_second"])
+    steps_left = job["steps"] - job["step"]
+    if job["kind"] == "video":  # The running batch of frames, then the frames after it (about as many steps).
+      batch = max(job["batch_size"], 1)
+      batches_left = max(0, job["frames"] - job["frame"] - batch) / batch
+      steps_left += batches_left * job["steps"]
+    eta = max(0.0, steps_left / job["steps_per_second"])
   has_style2 = os.path.exists(store.path(job["id"], "style2.png"))
   return JobView(
-      id=job["id"], status=job["status"], label=job["label"], created=job["created"], started=job["started"],
+      id=job["id"], status=job["status"], kind=job["kind"], label=job["label"], created=job["created"], started=job["started"],
       finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
       height=job["height"], options=job["options"], error=job["error"], batch_size=job["batch_size"],
       checkpoint_step=job["checkpoint_step"], resumed_from=job["resumed_from"],
@@ -377,7 +429,8 @@ def _view(store: JobStore, job: dict) -> dict:
       result_url=f"{base}/result" if job["status"] == "done" else None,
       download_url=f"{base}/result?download=1" if job["status"] == "done" else None,
       content_url=f"{base}/input/content", style_url=f"{base}/input/style",
-      style2_url=f"{base}/input/style2" if has_style2 else None).model_dump()
+      style2_url=f"{base}/input/style2" if has_style2 else None, frames=job["frames"], frame=job["frame"],
+      temporal_error=job["temporal_error"]).model_dump()
 
 
 def _add_job_views(app: FastAPI, store: JobStore, worker: Worker, owned, view, event_interval: float) -> None:
@@ -408,16 +461,21 @@ def _add_job_views(app: FastAPI, store: JobStore, worker: Worker, owned, view, e
     owned(request, job_id)
     return _file(job_id, "preview.jpg", "image/jpeg")
 
-  @app.get("/api/jobs/{job_id}/result", summary="The finished picture (PNG)")
+  @app.get("/api/jobs/{job_id}/result", summary="The finished picture (PNG) or video (MP4, H.264)")
   def result(request: Request, job_id: str, download: bool = False):
     job = owned(request, job_id)
     if job["status"] != "done":
       raise HTTPException(409, f"job is {job['status']}, no result")
+    disposition = "attachment" if download else "inline"
+    if job["kind"] == "video":
+      return _file(job_id, VIDEO_RESULT, "video/mp4", filename=f"nst-jax-{job_id[:8]}.mp4",
+                   content_disposition_type=disposition)
     return _file(job_id, "result.png", "image/png", filename=f"nst-jax-{job_id[:8]}.png",
-                 content_disposition_type="attachment" if download else "inline")
+                 content_disposition_type=disposition)
 
   @app.get("/api/jobs/{job_id}/input/{which}",
-           summary="The job's photo or painting as uploaded (PNG; downscaled if over the size limit)")
+           summary="The job's photo (a clip's first frame) or painting as uploaded (PNG; downscaled if over "
+                   "the size limit)")
   def job_input(request: Request, job_id: str, which: Literal["content", "style", "style2"]):
     owned(request, job_id)
     return _file(job_id, f"{which}.png", "image/png")

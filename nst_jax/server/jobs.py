@@ -6,8 +6,14 @@ connection; WAL lets the web handlers read while the worker writes.
 
 Files of job `id` live in `data_dir/jobs/<id>/`: `content.png`, `style.png`, `style2.png` (decoded inputs;
 the uploaded bytes and file names are never written), `preview.jpg`, `result.png`, `checkpoints/` (the
-engine's orbax checkpoints; removed when the job is done or cancelled). Job ids come from
-`secrets.token_urlsafe`, never from user input.
+engine's orbax checkpoints; removed when the job is done or cancelled). A video job (`kind` 'video') has
+instead of a photo `frames/frame_00001.png`... (the decoded clip; `content.png` is its first frame),
+`clip.json` (frame rate), `audio.m4a` (its sound re-encoded, if any), `run/` (the `run_video` workdir: flow,
+per-frame checkpoints and finished frames; removed when done or cancelled) and `result.mp4`. Job ids come
+from `secrets.token_urlsafe`, never from user input.
+
+Progress: `step` / `steps` count the steps of the running job (for a video: of the frame, or the batch of
+frames, being stylised); `frame` / `frames` count a video's finished frames over all passes.
 """
 
 from __future__ import annotations
@@ -46,7 +52,11 @@ CREATE TABLE IF NOT EXISTS jobs (
   error TEXT,
   created REAL NOT NULL,
   started REAL,
-  finished REAL
+  finished REAL,
+  kind TEXT NOT NULL DEFAULT 'image',
+  frames INTEGER NOT NULL DEFAULT 0,
+  frame INTEGER NOT NULL DEFAULT 0,
+  temporal_error REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
@@ -57,6 +67,11 @@ CREATE TABLE IF NOT EXISTS losses (
   PRIMARY KEY (job_id, step)
 );
 """
+
+
+# Columns added after the first release, with their declarations (added to older databases on open).
+_ADDED_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'image'", "frames": "INTEGER NOT NULL DEFAULT 0",
+                  "frame": "INTEGER NOT NULL DEFAULT 0", "temporal_error": "REAL"}
 
 
 def new_job_id() -> str:
@@ -79,6 +94,10 @@ class JobStore:
     with self._db() as db:
       db.execute("PRAGMA journal_mode=WAL")
       db.executescript(_SCHEMA)
+      columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+      for column, declaration in _ADDED_COLUMNS.items():  # A database made before video jobs existed.
+        if column not in columns:
+          db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
   @contextlib.contextmanager
   def _db(self):
@@ -104,19 +123,25 @@ class JobStore:
   def checkpoint_dir(self, job_id: str) -> str:
     return self.path(job_id, "checkpoints")
 
+  def run_dir(self, job_id: str) -> str:
+    """A video job's `run_video` workdir."""
+    return self.path(job_id, "run")
+
   def remove_checkpoints(self, job_id: str) -> None:
     """Deletes a finished or cancelled job's checkpoints (they are only needed to resume)."""
     shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
+    shutil.rmtree(self.run_dir(job_id), ignore_errors=True)
 
   # ---- jobs -------------------------------------------------------------------------------------------------
 
   def create(self, *, job_id: str, owner: str, options: dict, label: str, height: int, width: int,
-             steps: int) -> dict:
+             steps: int, kind: str = "image", frames: int = 0) -> dict:
     """Inserts a queued job (its input files must already be in `job_dir(job_id)`)."""
+    assert kind in ("image", "video")
     with self._db() as db:
-      db.execute("INSERT INTO jobs (id, owner, status, options, label, height, width, steps, created) "
-                 "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                 (job_id, owner, json.dumps(options), label, height, width, steps, time.time()))
+      db.execute("INSERT INTO jobs (id, owner, status, options, label, height, width, steps, created, kind, frames) "
+                 "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (job_id, owner, json.dumps(options), label, height, width, steps, time.time(), kind, frames))
     return self.get(job_id)
 
   def get(self, job_id: str) -> dict | None:
@@ -186,6 +211,18 @@ class JobStore:
                  "preview_version = preview_version + ? WHERE id = ?",
                  (int(step), steps_per_second, int(new_preview), job_id))
 
+  def set_frame_progress(self, job_id: str, frame: int, *, steps: int | None = None,
+                         batch_size: int | None = None) -> None:
+    """A video's finished frames (over all passes) and, when a new batch of frames starts, its steps."""
+    with self._db() as db:
+      db.execute("UPDATE jobs SET frame = ?, steps = COALESCE(?, steps), step = CASE WHEN ? IS NULL THEN step "
+                 "ELSE 0 END, batch_size = COALESCE(?, batch_size) WHERE id = ?",
+                 (int(frame), steps, steps, batch_size, job_id))
+
+  def set_temporal_error(self, job_id: str, value: float | None) -> None:
+    with self._db() as db:
+      db.execute("UPDATE jobs SET temporal_error = ? WHERE id = ?", (value, job_id))
+
   def add_losses(self, job_id: str, step: int, metrics: dict) -> None:
     with self._db() as db:
       db.execute("INSERT OR REPLACE INTO losses (job_id, step, total, content, style, tv) VALUES (?, ?, ?, ?, ?, ?)",
@@ -205,8 +242,9 @@ class JobStore:
     assert status in TERMINAL
     with self._db() as db:
       db.execute("UPDATE jobs SET status = ?, error = ?, finished = ?, "
-                 "step = CASE WHEN ? = 'done' THEN steps ELSE step END WHERE id = ?",
-                 (status, error, time.time(), status, job_id))
+                 "step = CASE WHEN ? = 'done' THEN steps ELSE step END, "
+                 "frame = CASE WHEN ? = 'done' THEN frames ELSE frame END WHERE id = ?",
+                 (status, error, time.time(), status, status, job_id))
 
   def cancel_if_queued(self, job_id: str) -> bool:
     """Cancels a queued job (and removes the checkpoints a stopped run left); False if it was not queued."""

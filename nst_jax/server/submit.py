@@ -1,32 +1,41 @@
 """A job submission (`POST /api/jobs`): form fields -> validated options, uploads -> the job's input files.
 
 Form fields are settings by their one name (docs/settings.md): every name of `settings.NAMES` plus the
-shorthands (`preset`, `scales`, `epochs`, `steps_per_epoch`). Files: `content`, `style` and an optional
-second painting `style2` (blended with `style_blend_weights`). An unknown field or an invalid value is a
-422 naming it; nothing is ever dropped silently. Server defaults where a field is empty: `max_size` 256,
-and `steps` 300 unless the preset sets its own (the quality preset runs its 100 iterations).
+shorthands (`preset`, `scales`, `epochs`, `steps_per_epoch`). Files: `content` (a photo) or `video` (a short
+clip: a video job, `nst-jax video`), `style` and an optional second painting `style2` (blended with
+`style_blend_weights`). Video settings (temporal_weight, video_mode, ...) are accepted with a clip only. An
+unknown field or an invalid value is a 422 naming it; nothing is ever dropped silently. Server defaults
+where a field is empty: `max_size` 256, and `steps` 300 (a clip: 100 per frame) unless the preset sets its
+own (the quality preset runs its 100 iterations).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from nst_jax import engine, image_io, inputs, settings
+from nst_jax import engine, image_io, inputs, settings, video_io
 from nst_jax.configs import presets
 from nst_jax.errors import NstJaxError
-from nst_jax.server.worker import STYLE_FILES, job_config
+from nst_jax.server.worker import AUDIO_FILE, CLIP_FILE, FRAMES_DIR, STYLE_FILES, job_config
 
-FILE_FIELDS = ("content", "style", "style2")
+FILE_FIELDS = ("content", "video", "style", "style2")
 SETTING_FIELDS = settings.NAMES + tuple(settings.SHORTHANDS)
 DEFAULT_SIZE = 256
 DEFAULT_STEPS = 300
+DEFAULT_VIDEO_STEPS = 100  # Per frame (a clip's later frames start from the warped previous result).
+# Clip limits of the web server (`create_app` arguments; docs/web.md): a short clip, not a film.
+DEFAULT_MAX_VIDEO_SECONDS = 10.0
+DEFAULT_MAX_VIDEO_FRAMES = 250
+DEFAULT_MAX_VIDEO_PIXELS = 3840 * 2160  # Per decoded frame (4K UHD); frames are stored at most max_size.
 
 
 class SubmitError(Exception):
@@ -43,12 +52,15 @@ class Limits:
   max_size: int
   max_steps: int
   max_pixels: int
+  max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
+  max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES
+  max_video_pixels: int = DEFAULT_MAX_VIDEO_PIXELS
 
 
 def split_form(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
   """The multipart form's `(key, value)` pairs -> `(files, fields)`: the uploads by file field name (content
-  and style required, style2 optional) and the text fields. A field given twice, a file where text is
-  expected or text where a file is expected is a 422 naming it."""
+  or video, and style required; style2 optional) and the text fields. A field given twice, a file where
+  text is expected or text where a file is expected is a 422 naming it."""
   seen: set[str] = set()
   files, fields = {}, {}
   for key, value in items:
@@ -61,31 +73,38 @@ def split_form(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, 
       if not is_file:
         if key == "style2" and value.strip() == "":
           continue  # An empty field keeps the default: no second painting.
-        raise SubmitError(422, f"{key}: an image file is expected, not text")
+        kind = "a video file" if key == "video" else "an image file"
+        raise SubmitError(422, f"{key}: {kind} is expected, not text")
       files[key] = value
     elif is_file:
-      raise SubmitError(422, f"unknown file field {key!r}: the files are content, style and style2")
+      raise SubmitError(422, f"unknown file field {key!r}: the files are content (or video), style and style2")
     else:
       fields[key] = value
-  for name in ("content", "style"):
-    if name not in files:
-      raise SubmitError(422, f"{name}: an image file is required")
+  if "content" in files and "video" in files:
+    raise SubmitError(422, "give either content (a photo) or video (a clip), not both")
+  if "content" not in files and "video" not in files:
+    raise SubmitError(422, "content: an image file is required (or a clip in video)")
+  if "style" not in files:
+    raise SubmitError(422, "style: an image file is required")
   return files, fields
 
 
-def parse_options(fields: dict[str, str], limits: Limits, num_styles: int) -> tuple[dict, object]:
-  """Form fields -> `(options, config)`: the given settings (empty ones dropped) plus the server defaults."""
+def parse_options(fields: dict[str, str], limits: Limits, num_styles: int, kind: str = "image"
+                  ) -> tuple[dict, object]:
+  """Form fields -> `(options, config)`: the given settings (empty ones dropped) plus the server defaults.
+  `kind` 'video': the video settings are allowed and `steps` are per frame."""
   unknown = sorted(set(fields) - set(SETTING_FIELDS))
   if unknown:
     raise SubmitError(422, f"unknown field(s) {', '.join(unknown)}: the fields are settings by name "
-                           f"(docs/settings.md) and the files content, style, style2")
+                           f"(docs/settings.md) and the files content (or video), style, style2")
   options = {k: v.strip() for k, v in fields.items() if v.strip() != ""}
   options.setdefault("max_size", str(min(DEFAULT_SIZE, limits.max_size)))
   try:
     preset = presets.get_preset(options.get("preset", presets.DEFAULT_PRESET))
     if "steps" not in options and "steps" not in preset and "epochs" not in options:
-      options["steps"] = str(min(DEFAULT_STEPS, limits.max_steps))
-    config = job_config(options, num_styles)
+      default = DEFAULT_VIDEO_STEPS if kind == "video" else DEFAULT_STEPS
+      options["steps"] = str(min(default, limits.max_steps))
+    config = job_config(options, num_styles, kind)
   except NstJaxError as e:
     raise SubmitError(422, str(e)) from None
   if not image_io.MIN_SIZE <= config.max_size <= limits.max_size:
@@ -139,3 +158,57 @@ def write_inputs(folder: str, content: np.ndarray, styles: list[np.ndarray], con
     shutil.rmtree(folder, ignore_errors=True)
     raise
   return {"height": photo.shape[0], "width": photo.shape[1], "steps": sum(s.steps for s in stages)}
+
+
+def read_video_upload(data: bytes, limits: Limits) -> tuple[video_io.Clip, str]:
+  """Upload bytes -> `(clip, path of a temporary copy)` (the caller removes it once the inputs are written);
+  `SubmitError` 413 (over a clip limit) or 415 (not a clip FFmpeg reads, no frames)."""
+  if not data:
+    raise SubmitError(415, "video: the file is empty")
+  fd, path = tempfile.mkstemp(prefix="nst-jax-upload-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    clip = video_io.read_clip(path, None, max_frames=limits.max_video_frames, max_seconds=limits.max_video_seconds,
+                              max_pixels=limits.max_video_pixels)
+  except video_io.ClipTooLarge as e:
+    os.remove(path)
+    raise SubmitError(413, _upload_message(str(e), path)) from None
+  except NstJaxError as e:
+    os.remove(path)
+    raise SubmitError(415, _upload_message(str(e), path)) from None
+  except BaseException:
+    os.remove(path)
+    raise
+  return clip, path
+
+
+def _upload_message(message: str, path: str) -> str:
+  """A clip error with the server's temporary path replaced by the field name."""
+  return message.replace(path, "video")
+
+
+def write_video_inputs(folder: str, clip: video_io.Clip, upload: str, styles: list[np.ndarray], config,
+                       limits: Limits) -> dict:
+  """Writes a video job's inputs: `frames/frame_00001.png`... (as decoded, capped at the server's largest
+  output), `content.png` (the first frame, for thumbnails), the paintings, `clip.json` (frame rate) and
+  `audio.m4a` (the clip's sound re-encoded, if any). Returns its size fields (steps: of the first frame)."""
+  photo, _ = inputs.prepare_content(clip.frames[0], int(config.max_size), "video frame")  # Checks the size.
+  stages = engine.plan(config, photo.shape)
+  os.makedirs(folder)
+  try:
+    frames = [_capped(frame, limits.max_size) for frame in clip.frames]
+    video_io.write_frames(os.path.join(folder, FRAMES_DIR), frames)
+    image_io.save_image(os.path.join(folder, "content.png"), frames[0])
+    for name, style in zip(STYLE_FILES, styles):
+      cap = max(limits.max_size, inputs.style_size(config))
+      image_io.save_image(os.path.join(folder, name), _capped(style, cap))
+    if clip.has_audio:
+      video_io.write_audio(os.path.join(folder, AUDIO_FILE), upload, len(clip.frames) / clip.fps)
+    with image_io.atomic_write(os.path.join(folder, CLIP_FILE), "w") as f:
+      json.dump({"fps": clip.fps, "frames": len(clip.frames)}, f)
+  except Exception:
+    shutil.rmtree(folder, ignore_errors=True)
+    raise
+  return {"height": photo.shape[0], "width": photo.shape[1], "steps": sum(s.steps for s in stages),
+          "frames": len(clip.frames)}

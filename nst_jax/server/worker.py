@@ -11,10 +11,15 @@ unfinished jobs again one by one, so one job's problem (e.g. a checkpoint of ano
 Checkpoints are the engine's (orbax, one format everywhere) in each job's `checkpoints/` folder, every
 `checkpoint_every` seconds and at stops. A cancel stops only that job (the others of its batch go on); a
 server stop checkpoints every running job and puts it back in the queue, so nothing is lost on a restart.
+
+A video job runs alone, through `nst_jax.video.run_video` (the command's entry point) with the job's `run/`
+folder as its workdir: per-frame progress goes to the store, a stop or restart resumes from the finished
+frames and the frame checkpoints, and the result is `result.mp4` at the clip's frame rate with its sound.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -31,12 +36,15 @@ from nst_jax.server.jobs import JobStore
 log = logging.getLogger("nst_jax.server")
 
 STYLE_FILES = ("style.png", "style2.png")
+FRAMES_DIR, CLIP_FILE, AUDIO_FILE, VIDEO_RESULT = "frames", "clip.json", "audio.m4a", "result.mp4"
 LOG_POINTS = 60  # Loss points per job when the job does not set log_every.
+VIDEO_CHECKPOINT_STEPS = 50  # A video frame's checkpoint every this many steps (and at its end and at stops).
 
 
-def job_config(options: dict, num_styles: int | None = None) -> ml_collections.ConfigDict:
-  """The run config of a job: `settings.resolve` of its options (the API's form fields, by setting name)."""
-  config = settings.resolve(options, num_styles=num_styles)
+def job_config(options: dict, num_styles: int | None = None, kind: str = "image") -> ml_collections.ConfigDict:
+  """The run config of a job: `settings.resolve` of its options (the API's form fields, by setting name);
+  video settings are accepted for video jobs only."""
+  config = settings.resolve(options, num_styles=num_styles, scope="video" if kind == "video" else "image")
   if not options.get("log_every"):
     config.log_every = max(1, int(config.steps) // LOG_POINTS)
   return config
@@ -56,12 +64,27 @@ def load_job(store: JobStore, job: dict) -> engine.Job:
   return loaded
 
 
+def load_video(store: JobStore, job: dict) -> tuple[list[np.ndarray], list[np.ndarray], ml_collections.ConfigDict,
+                                                     float]:
+  """`(frames, styles, config, fps)` of a stored video job, prepared as `nst-jax video` prepares a clip."""
+  from nst_jax import video_io
+  styles = style_paths(store, job["id"])
+  config = job_config(job["options"], len(styles), kind="video")
+  clip = video_io.read_clip(store.path(job["id"], FRAMES_DIR), int(config.max_size))
+  frames = [inputs.prepare_content(f, int(config.max_size), f"frame {i + 1}")[0] for i, f in enumerate(clip.frames)]
+  paintings = [image_io.load_image(path, inputs.style_size(config)) for path in styles]
+  with open(store.path(job["id"], CLIP_FILE), encoding="utf-8") as f:
+    fps = float(json.load(f)["fps"])
+  return frames, paintings, config, fps
+
+
 class Worker:
   """Runs queued jobs of `store` one batch at a time on a background thread."""
 
   def __init__(self, store: JobStore, weights, *, max_batch: int = 4, checkpoint_every: float | None = 30.0,
                preview_every: float = 2.0, batch_wait: float = 0.5, poll: float = 0.5):
     self.store = store
+    self.weights = weights
     self.max_batch = max(1, int(max_batch))
     self.preview_every = preview_every
     self.batch_wait = batch_wait
@@ -129,6 +152,11 @@ class Worker:
     self._keys = {job["id"]: self._keys[job["id"]] for job in queued if job["id"] in self._keys}
     first_key, group = None, []
     for job in queued:
+      if job["kind"] == "video":  # A video runs alone (its frames are the batch), in queue order.
+        if first_key is None and not group:
+          claimed = self.store.claim([job["id"]], 1)
+          return [(self.store.get(job["id"]), None)] if claimed else []
+        continue
       try:
         loaded = None
         if job["id"] not in self._keys:  # Inputs are read once per queued job, not once per batch.
@@ -147,6 +175,9 @@ class Worker:
     return [(self.store.get(job["id"]), loaded) for job, loaded in group if job["id"] in claimed]
 
   def _run_batch(self, batch: list[tuple[dict, engine.Job]]) -> None:
+    if batch[0][0]["kind"] == "video":
+      self._run_video(batch[0][0])
+      return
     ids = [job["id"] for job, _ in batch]
     self.batches_run += 1
     log.info("running %d job(s) at %dx%d", len(ids), batch[0][0]["width"], batch[0][0]["height"])
@@ -161,6 +192,40 @@ class Worker:
           self._run_batch([one])
         return
       self._fail([job["id"] for job, _ in left], e)
+
+  def _run_video(self, job: dict) -> None:
+    """Runs one video job to its end, a stop (requeued; resumes from `run/`) or a cancel."""
+    from nst_jax import video, video_io
+    job_id = job["id"]
+    self.batches_run += 1
+    try:
+      frames, styles, config, fps = load_video(self.store, job)
+      log.info("running video %s: %d frames at %dx%d", job_id, len(frames), frames[0].shape[1], frames[0].shape[0])
+      hooks = _VideoHooks(self, job_id)
+      result = video.run_video(frames, styles, config, weights=self.weights, workdir=self.store.run_dir(job_id),
+                               hooks=[hooks], progress=hooks.progress, max_batch=self.max_batch,
+                               checkpoint_every=VIDEO_CHECKPOINT_STEPS)
+      if result.status != "done":
+        if job_id in self._cancel:
+          self.store.finish(job_id, "cancelled")
+          self.store.remove_checkpoints(job_id)
+          self._cancel.discard(job_id)
+        else:
+          self.store.requeue(job_id)
+        return
+      audio = self.store.path(job_id, AUDIO_FILE)
+      video_io.write_video(self.store.path(job_id, VIDEO_RESULT), result.frames, fps,
+                           audio_from=audio if os.path.exists(audio) else None)
+      image_io.save_image(self.store.path(job_id, "preview.jpg"), result.frames[len(result.frames) // 2])
+      errors = np.asarray(result.temporal_error, np.float64)
+      flicker = float(np.nanmean(errors)) if len(errors) and np.isfinite(errors).any() else None
+      self.store.set_temporal_error(job_id, flicker)
+      self.store.update_progress(job_id, self.store.get(job_id)["steps"], new_preview=True)
+      self.store.finish(job_id, "done")
+      self.store.remove_checkpoints(job_id)
+      self._cancel.discard(job_id)
+    except Exception as e:
+      self._fail([job_id], e)
 
   def _fail(self, ids, error: Exception) -> None:
     message = str(error) if isinstance(error, NstJaxError) else f"internal error ({type(error).__name__})"
@@ -234,6 +299,46 @@ class _JobHooks:
       self.store.set_checkpoint(run.job.name, run.saved_step)
 
   def _write_preview(self, job_id: str, run, image: np.ndarray) -> None:
-    if run.config.preserve_colors == "luminance" and image.shape == run.photo.shape:
-      image = color.finish(image, run.photo, "luminance")  # Show colours, not the luminance being optimised.
-    image_io.save_image(self.store.path(job_id, "preview.jpg"), image)
+    _write_preview(self.store, job_id, run, image)
+
+
+def _write_preview(store: JobStore, job_id: str, run, image: np.ndarray) -> None:
+  if run.config.preserve_colors == "luminance" and image.shape == run.photo.shape:
+    image = color.finish(image, run.photo, "luminance")  # Show colours, not the luminance being optimised.
+  image_io.save_image(store.path(job_id, "preview.jpg"), image)
+
+
+class _VideoHooks:
+  """Engine hooks and the progress callback of one video job: frames done, the running frame's steps and
+  rate, a preview of the frame being stylised; stops on a cancel or a server stop."""
+
+  def __init__(self, worker: Worker, job_id: str):
+    self.worker, self.store, self.job_id = worker, worker.store, job_id
+    self.done = 0
+    self.batch: list[str] = []  # Names of the frame jobs started since the last finished batch.
+    self.last_preview = time.monotonic()
+
+  def progress(self, info: dict) -> None:
+    """`run_video`'s callback after each batch of frames: done of total frames (over all passes)."""
+    self.done = int(info["done"])
+    self.batch = []
+    self.store.set_frame_progress(self.job_id, self.done)
+
+  def on_job_start(self, run) -> None:
+    self.batch.append(run.job.name)
+    self.store.set_frame_progress(self.job_id, self.done, steps=run.total_steps, batch_size=len(self.batch))
+
+  def on_step(self, event) -> None:
+    if not self.batch or event.run.job.name != self.batch[0]:
+      return  # One report per batch step: the frames of a multipass batch step together.
+    now = time.monotonic()
+    preview = now - self.last_preview >= self.worker.preview_every
+    if preview:
+      _write_preview(self.store, self.job_id, event.run, event.image())
+      self.last_preview = now
+    if preview or event.metrics is not None:
+      rate = event.metrics["steps_per_second"] if event.metrics is not None else None
+      self.store.update_progress(self.job_id, event.step, rate, new_preview=preview)
+
+  def should_stop(self, run) -> bool:
+    return self.worker._stop.is_set() or self.job_id in self.worker._cancel

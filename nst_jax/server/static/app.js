@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = "nst-jax-jobs";
 const state = {
-  config: null, files: { content: null, style: null, style2: null }, jobId: null, source: null,
+  config: null, files: { content: null, video: null, style: null, style2: null }, jobId: null, source: null,
   losses: new Map(), historyTimer: null,
 };
 
@@ -49,14 +49,30 @@ function formatSeconds(s) {
 
 // ---- choosing files ------------------------------------------------------------------------------------------
 
+function isClip(file) {
+  return (file.type || "").startsWith("video/");  // A GIF is sent as a picture (its first frame).
+}
+
 function setFile(which, file) {
   if (!file) return;
-  state.files[which] = file;
+  const clip = which === "content" && isClip(file);
+  if (which === "content") {  // The first box takes a photo or a clip: one of the two is sent.
+    state.files.content = clip ? null : file;
+    state.files.video = clip ? file : null;
+    $("clip-options").hidden = !clip;
+  } else {
+    state.files[which] = file;
+  }
   const thumb = $(which + "-thumb");
   if (thumb.dataset.url) URL.revokeObjectURL(thumb.dataset.url);
   thumb.dataset.url = URL.createObjectURL(file);
-  thumb.src = thumb.dataset.url;
-  thumb.hidden = false;
+  const player = which === "content" ? $("content-clip") : null;
+  if (player) {
+    player.hidden = !clip;
+    if (clip) player.src = thumb.dataset.url; else player.removeAttribute("src");
+  }
+  thumb.hidden = clip;
+  if (!clip) thumb.src = thumb.dataset.url;
   $(which + "-name").textContent = file.name;
   $("form-error").textContent = "";
   if (which === "style2") showSecondPainting(true);
@@ -128,6 +144,14 @@ function buildPresets(config) {
   $("opt-size").placeholder = config.default_size;
   $("opt-steps").max = config.max_steps;
   $("opt-steps").placeholder = config.default_steps;
+  const modes = $("opt-video-mode");
+  config.video_modes.forEach((name) => {
+    const option = document.createElement("option");
+    option.value = name; option.textContent = name;
+    modes.appendChild(option);
+  });
+  $("clip-limits").textContent = "Clips: up to " + config.max_video_seconds + " s, " + config.max_video_frames +
+    " frames, " + config.max_upload_mb + " MB; the result is an MP4 with the clip's sound.";
   showPresetValues(config.default_preset);
 }
 
@@ -144,12 +168,19 @@ function showPresetValues(name) {
 async function submitJob(event) {
   event.preventDefault();
   $("form-error").textContent = "";
-  if (!state.files.content || !state.files.style) {
-    $("form-error").textContent = "Choose a photo and a painting first.";
+  if ((!state.files.content && !state.files.video) || !state.files.style) {
+    $("form-error").textContent = "Choose a photo (or a clip) and a painting first.";
     return;
   }
   const data = new FormData();
-  data.append("content", state.files.content, state.files.content.name);
+  if (state.files.video) {
+    data.append("video", state.files.video, state.files.video.name);
+    data.append("video_mode", $("opt-video-mode").value);
+    const weight = $("opt-temporal-weight").value.trim();
+    if (weight !== "") data.append("temporal_weight", weight);
+  } else {
+    data.append("content", state.files.content, state.files.content.name);
+  }
   data.append("style", state.files.style, state.files.style.name);
   if (state.files.style2) {
     data.append("style2", state.files.style2, state.files.style2.name);
@@ -217,10 +248,17 @@ function updateJob(job) {
   $("job-status").textContent = job.status;
   const card = document.querySelector("#jobs li[data-job-id='" + CSS.escape(job.id) + "'] .job-status");
   if (card) card.textContent = cardStatus(job);  // The history follows the job it shows, not only its end.
-  $("job-step").textContent = "step " + job.step + " / " + job.steps;
+  const clip = job.kind === "video";
+  $("job-step").textContent = (clip ? "frames " + job.frame + " / " + job.frames + " \u00b7 this frame: " : "") +
+    "step " + job.step + " / " + job.steps;
   $("job-eta").textContent = job.eta_seconds !== null ? "about " + formatSeconds(job.eta_seconds) + " left" : "";
   $("job-queue").textContent = job.queue_position ? "position in queue: " + job.queue_position : "";
-  $("job-progress").value = job.steps ? job.step / job.steps : 0;
+  if (clip) {  // Finished frames plus the running batch of frames (all frames of a multipass pass at once).
+    const running = job.status === "running" && job.steps ? Math.max(job.batch_size, 1) * job.step / job.steps : 0;
+    $("job-progress").value = job.frames ? Math.min(1, (job.frame + running) / job.frames) : 0;
+  } else {
+    $("job-progress").value = job.steps ? job.step / job.steps : 0;
+  }
   const preview = $("preview-img");
   if (job.preview_url && preview.dataset.src !== job.preview_url) {
     preview.dataset.src = job.preview_url;
@@ -232,8 +270,13 @@ function updateJob(job) {
   $("cancel-button").hidden = !(job.status === "queued" || job.status === "running");
   $("job-error").textContent = job.error || (job.status === "cancelled" ? "Cancelled." : "");
   if (job.status === "done") {
-    const img = $("result-img");
-    if (img.dataset.src !== job.result_url) { img.dataset.src = job.result_url; img.src = job.result_url; }
+    const img = $("result-img"), player = $("result-video");
+    const shown = clip ? player : img;
+    if (shown.dataset.src !== job.result_url) { shown.dataset.src = job.result_url; shown.src = job.result_url; }
+    img.hidden = clip;
+    player.hidden = !clip;
+    $("result-caption").textContent = clip ? "Finished video" + (job.temporal_error !== null ?
+      " \u00b7 flicker (temporal error) " + job.temporal_error.toPrecision(3) : "") : "Finished picture";
     $("result").hidden = false;
     $("preview").hidden = true;
     const link = $("download-link");
@@ -277,8 +320,9 @@ async function cancelJob() {
 // ---- this browser's jobs -------------------------------------------------------------------------------------
 
 function cardStatus(job) {
+  const work = job.kind === "video" ? "clip, " + job.frames + " frames" : job.steps + " steps";
   return job.status + " \u00b7 " + new Date(job.created * 1000).toLocaleString() +
-    " \u00b7 " + job.width + "\u00d7" + job.height + " \u00b7 " + job.steps + " steps";
+    " \u00b7 " + job.width + "\u00d7" + job.height + " \u00b7 " + work;
 }
 
 async function refreshHistory() {
@@ -295,7 +339,7 @@ async function refreshHistory() {
     item.dataset.jobId = job.id;
     const img = document.createElement("img");
     img.alt = "";
-    img.src = job.result_url || job.preview_url || job.content_url;
+    img.src = (job.kind === "video" ? null : job.result_url) || job.preview_url || job.content_url;
     const name = document.createElement("div");
     name.className = "job-name";
     name.textContent = job.label;

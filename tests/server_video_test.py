@@ -1,0 +1,183 @@
+"""Tests of clips on the web app: a `video` upload becomes a video job (run_video), with per-frame progress,
+an mp4 result at the clip's rate with its sound, the same frames as the library, and clip limits."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import av
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from nst_jax import image_io, inputs, settings, video, video_io, vgg
+from nst_jax.server.app import STATIC_DIR, create_app
+from web_helpers import png_bytes, wait_for
+
+WEIGHTS = vgg.random_weights(0)
+SHALLOW = {"content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1"}
+FPS = 12
+
+
+def clip_bytes(num_frames=4, width=40, height=32, audio=True, container="mp4", fps=FPS) -> bytes:
+  """A tiny clip made with PyAV: a smooth pattern panning 2 px per frame, and a tone when `audio`."""
+  rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+  buffer = io.BytesIO()
+  with av.open(buffer, "w", format=container) as out:
+    stream = out.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    sound = out.add_stream("aac", rate=44_100) if audio else None
+    for t in range(num_frames):
+      picture = np.stack([0.5 + 0.4 * np.sin((cols + 2 * t) / 5.0), 0.5 + 0.4 * np.cos(rows / 4.0),
+                          np.full_like(cols, 0.3)], -1)
+      frame = av.VideoFrame.from_ndarray(np.round(picture * 255).astype(np.uint8), format="rgb24")
+      out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+    if sound is not None:
+      samples = int(44_100 * num_frames / fps)
+      tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 44_100)).astype(np.float32)[None]
+      chunk = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+      chunk.sample_rate, chunk.pts = 44_100, 0
+      out.mux(sound.encode(chunk))
+      out.mux(sound.encode(None))
+  return buffer.getvalue()
+
+
+def _files(clip=None, name="clip.mp4"):
+  return {"video": (name, clip if clip is not None else clip_bytes(), "video/mp4"),
+          "style": ("painting.png", png_bytes(1), "image/png")}
+
+
+def _mp4_info(data: bytes) -> dict:
+  with av.open(io.BytesIO(data)) as container:
+    stream = container.streams.video[0]
+    frames = [f.to_ndarray(format="rgb24").astype(np.float32) / 255 for f in container.decode(video=0)]
+    return {"frames": frames, "fps": float(stream.average_rate),
+            "audio": container.streams.audio[0].codec_context.name if container.streams.audio else None}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+  app = create_app(data_dir=str(tmp_path_factory.mktemp("data")), weights=WEIGHTS, rate_limit=0,
+                   checkpoint_every=0.3, preview_every=0.3, batch_wait=0.1, event_interval=0.1)
+  with TestClient(app) as c:
+    yield c
+
+
+def test_clip_job_progress_by_frame_and_mp4_result_equal_to_the_library(client, tmp_path):
+  data = clip_bytes()
+  options = {"max_size": 32, "steps": 4, "video_mode": "sequential", "temporal_weight": 100, **SHALLOW}
+  r = client.post("/api/jobs", files=_files(data), data=options)
+  assert r.status_code == 201, r.text
+  job = r.json()
+  assert job["kind"] == "video" and job["frames"] == 4 and job["frame"] == 0
+  assert (job["width"], job["height"]) == (32, 26) and job["options"]["video_mode"] == "sequential"
+  frames_seen = []
+  with client.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
+    for line in stream.iter_lines():
+      if line.startswith("data: "):
+        frames_seen.append(json.loads(line[len("data: "):]).get("frame"))
+  done = client.get(f"/api/jobs/{job['id']}").json()
+  assert done["status"] == "done", done
+  assert frames_seen == sorted(frames_seen) and frames_seen[-1] == 4 and len(set(frames_seen)) >= 3  # Per frame.
+  assert done["temporal_error"] is not None and np.isfinite(done["temporal_error"])
+  result = client.get(done["result_url"])
+  assert result.headers["content-type"] == "video/mp4"
+  info = _mp4_info(result.content)
+  assert len(info["frames"]) == 4 and info["fps"] == FPS and info["audio"] == "aac"  # Rate and sound kept.
+  assert client.get(done["download_url"]).headers["content-disposition"].startswith("attachment")
+  assert client.get(done["preview_url"]).headers["content-type"] == "image/jpeg"
+  assert client.get(done["content_url"]).headers["content-type"] == "image/png"  # The first frame.
+  folder = client.app.state.store.job_dir(job["id"])
+  assert not os.path.exists(os.path.join(folder, "run"))  # The workdir goes once the video is written.
+
+  # The library on the same clip and settings, encoded the same way: the same video.
+  path = tmp_path / "clip.mp4"
+  path.write_bytes(data)
+  config = settings.resolve({**options, "log_every": 1}, num_styles=1, scope="video")
+  frames = [inputs.prepare_content(f, 32)[0] for f in video_io.read_clip(str(path), 32).frames]
+  style = image_io.load_image(os.path.join(folder, "style.png"), inputs.style_size(config))
+  expected = video.run_video(frames, [style], config, weights=WEIGHTS).frames
+  video_io.write_video(str(tmp_path / "library.mp4"), expected, FPS)
+  library = _mp4_info((tmp_path / "library.mp4").read_bytes())["frames"]
+  for got, want, stylised in zip(info["frames"], library, expected):
+    assert np.abs(got - want).max() <= 2 / 255
+    assert np.abs(got - stylised).mean() < 0.05  # What H.264 (4:2:0, crf 18) changes on 32 px of brushwork.
+
+
+def test_multipass_counts_frames_over_its_passes(client):
+  r = client.post("/api/jobs", files=_files(clip_bytes(num_frames=3, audio=False)),
+                  data={"max_size": 32, "steps": 4, "video_mode": "multipass", "passes": 2, **SHALLOW})
+  assert r.status_code == 201, r.text
+  assert r.json()["frames"] == 6
+  done = wait_for(lambda: client.get(f"/api/jobs/{r.json()['id']}").json())
+  assert done["status"] == "done" and done["frame"] == 6, done
+  info = _mp4_info(client.get(done["result_url"]).content)
+  assert len(info["frames"]) == 3 and info["audio"] is None
+
+
+def test_cancel_a_running_clip(client):
+  r = client.post("/api/jobs", files=_files(clip_bytes(audio=False)),
+                  data={"max_size": 32, "steps": 2000, **SHALLOW})
+  job_id = r.json()["id"]
+  wait_for(lambda: client.get(f"/api/jobs/{job_id}").json(), condition=lambda j: j["status"] == "running"
+           and j["step"] > 0)
+  assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+  job = wait_for(lambda: client.get(f"/api/jobs/{job_id}").json())
+  assert job["status"] == "cancelled" and job["result_url"] is None
+  assert not os.path.exists(os.path.join(client.app.state.store.job_dir(job_id), "run"))
+
+
+@pytest.fixture
+def idle_app(tmp_path):
+  """Small clip limits and no worker (nothing runs)."""
+  return create_app(data_dir=str(tmp_path), weights=WEIGHTS, max_upload_mb=0.5, rate_limit=0, start_worker=False,
+                    max_video_seconds=1.0, max_video_frames=6, max_video_pixels=64 * 64)
+
+
+def _error(response, status, match):
+  assert response.status_code == status, response.text
+  detail = response.json()["detail"]
+  assert match in detail and "\n" not in detail, detail
+  return detail
+
+
+def test_bad_clips_and_fields(idle_app, tmp_path):
+  c = TestClient(idle_app)
+  post = lambda files, data=None: c.post("/api/jobs", files=files, data=data or {"max_size": 32})  # noqa: E731
+  _error(post(_files(b"this is not a video" * 10, "notes.mp4")), 415, "not a video file")
+  _error(post(_files(b"", "empty.mp4")), 415, "empty")
+  detail = _error(post(_files(clip_bytes(num_frames=8))), 413, "over the limit of 6")
+  assert str(tmp_path) not in detail and "nst-jax-upload" not in detail  # No server paths in messages.
+  _error(post(_files(clip_bytes(num_frames=6, fps=4))), 413, "over the limit of 1 s")
+  _error(post(_files(clip_bytes(width=96, height=64))), 413, "over the limit of 4,096 pixels")
+  _error(post(_files(clip_bytes(width=16, height=8))), 422, "short side must be at least")
+  both = {**_files(), "content": ("photo.png", png_bytes(0), "image/png")}
+  _error(post(both), 422, "not both")
+  _error(post({"style": ("painting.png", png_bytes(1), "image/png")}), 422, "or a clip in video")
+  _error(c.post("/api/jobs", data={"video": "text"}, files={"style": ("p.png", png_bytes(1), "image/png")}), 422,
+         "a video file is expected")
+  photo = {"content": ("photo.png", png_bytes(0), "image/png"), "style": ("p.png", png_bytes(1), "image/png")}
+  _error(post(photo, {"temporal_weight": "10"}), 422, "temporal_weight is a setting of `nst-jax video`")
+  _error(post(_files(), {"video_mode": "sideways"}), 422, "video_mode")
+  assert c.get("/api/jobs").json() == []  # Nothing was stored.
+  assert os.listdir(os.path.join(str(tmp_path), "jobs")) == []
+  ok = post(_files(), {"max_size": 32, "temporal_frames": "1,2", "flow_method": "farneback"})
+  assert ok.status_code == 201, ok.text
+  job = ok.json()
+  assert job["options"]["steps"] == "100" and job["kind"] == "video"  # The server's default steps per frame.
+  folder = idle_app.state.store.job_dir(job["id"])
+  assert sorted(os.listdir(folder)) == ["audio.m4a", "clip.json", "content.png", "frames", "style.png"]
+  assert len(os.listdir(os.path.join(folder, "frames"))) == 4  # Decoded frames; never the uploaded bytes.
+
+
+def test_config_and_page_offer_clips(idle_app):
+  c = TestClient(idle_app)
+  config = c.get("/api/config").json()
+  assert (config["max_video_seconds"], config["max_video_frames"], config["max_video_pixels"]) == (1.0, 6, 4096)
+  assert config["video_modes"] == list(settings.BY_NAME["video_mode"].choices)
+  with open(os.path.join(STATIC_DIR, "index.html"), encoding="utf-8") as f:
+    page = f.read()
+  assert 'accept="image/*,video/*"' in page and '<video id="result-video"' in page

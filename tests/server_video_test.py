@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 
 import av
 import numpy as np
@@ -181,3 +182,47 @@ def test_config_and_page_offer_clips(idle_app):
   with open(os.path.join(STATIC_DIR, "index.html"), encoding="utf-8") as f:
     page = f.read()
   assert 'accept="image/*,video/*"' in page and '<video id="result-video"' in page
+
+
+def test_page_uploads_a_clip_and_plays_the_video(tmp_path):
+  from browser_test import CHROMIUM, CHROMIUM_ARGS, _playwright
+  from web_helpers import live_server
+  sync_playwright = _playwright()
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, preview_every=0.5,
+                   checkpoint_every=10.0, batch_wait=0.1, event_interval=0.2)
+  with live_server(app) as base, sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+      page = browser.new_page(viewport={"width": 1000, "height": 900}, bypass_csp=True)
+      page.goto(base + "/")
+      page.wait_for_selector("input[name=preset][value=painterly]", state="attached")
+      assert "250 frames" in page.text_content("#clip-limits")
+      assert page.is_hidden("#clip-options")
+      page.set_input_files("#content-input", files=[{"name": "clip.mp4", "mimeType": "video/mp4",
+                                                     "buffer": clip_bytes(num_frames=3)}])
+      page.set_input_files("#style-input", files=[{"name": "painting.png", "mimeType": "image/png",
+                                                   "buffer": png_bytes(1, 48, 48)}])
+      page.wait_for_selector("#clip-options", state="visible")
+      assert page.is_hidden("#content-thumb")
+      page.select_option("#opt-video-mode", "sequential")
+      page.fill("#opt-temporal-weight", "50")
+      page.click("#advanced summary")
+      page.fill("#opt-size", "32")
+      page.fill("#opt-steps", "3")
+      page.click("#submit")
+      page.wait_for_function("() => !document.getElementById('result').hidden", timeout=170_000)
+      assert page.text_content("#job-status") == "done"
+      assert page.text_content("#job-step").startswith("frames 3 / 3")
+      assert "flicker (temporal error)" in page.text_content("#result-caption")
+      assert page.is_hidden("#loss-canvas")
+      assert page.is_hidden("#result-img") and page.get_attribute("#download-link", "href").endswith("download=1")
+      options = page.evaluate("fetch('/api/jobs').then(r => r.json()).then(j => j[0].options)")
+      assert options["video_mode"] == "sequential" and options["temporal_weight"] == "50"
+      assert page.text_content("#jobs li .job-status").startswith("done") and "clip, 3 frames" in page.text_content(
+          "#jobs li .job-status")
+      # The browser decodes the result (H.264 in mp4): its size is the job's.
+      page.wait_for_function("document.getElementById('result-video').readyState >= 1", timeout=30_000)
+      assert page.eval_on_selector("#result-video", "v => [v.videoWidth, v.videoHeight]") == [32, 26]
+      page.screenshot(path=os.path.join(tempfile.gettempdir(), "nst_jax_browser_clip_test.png"), full_page=True)
+    finally:
+      browser.close()

@@ -249,6 +249,7 @@ function updateJob(job) {
   const card = document.querySelector("#jobs li[data-job-id='" + CSS.escape(job.id) + "'] .job-status");
   if (card) card.textContent = cardStatus(job);  // The history follows the job it shows, not only its end.
   const clip = job.kind === "video";
+  $("loss-canvas").parentElement.hidden = clip;  // A clip's losses restart with every frame: not drawn.
   $("job-step").textContent = (clip ? "frames " + job.frame + " / " + job.frames + " \u00b7 this frame: " : "") +
     "step " + job.step + " / " + job.steps;
   $("job-eta").textContent = job.eta_seconds !== null ? "about " + formatSeconds(job.eta_seconds) + " left" : "";

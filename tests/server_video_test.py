@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 import tempfile
 
 import av
@@ -17,6 +20,7 @@ from nst_jax import image_io, inputs, settings, video, video_io, vgg
 from nst_jax.server.app import STATIC_DIR, create_app
 from web_helpers import png_bytes, wait_for
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = vgg.random_weights(0)
 SHALLOW = {"content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1"}
 FPS = 12
@@ -226,3 +230,16 @@ def test_page_uploads_a_clip_and_plays_the_video(tmp_path):
       page.screenshot(path=os.path.join(tempfile.gettempdir(), "nst_jax_browser_clip_test.png"), full_page=True)
     finally:
       browser.close()
+
+
+def test_serve_flags_default_to_the_servers_clip_limits():
+  from nst_jax.server import submit
+  # In a subprocess: the command's absl flags (max_size...) must not meet other commands' in this process.
+  done = subprocess.run([sys.executable, "-m", "nst_jax.commands.serve", "--help"], capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+  assert done.returncode == 0, done.stderr
+  text = " ".join(done.stdout.split())
+  for name, value in (("max_video_seconds", f"'{submit.DEFAULT_MAX_VIDEO_SECONDS}'"),
+                      ("max_video_frames", f"'{submit.DEFAULT_MAX_VIDEO_FRAMES}'"),
+                      ("max_video_pixels", f"'{submit.DEFAULT_MAX_VIDEO_PIXELS}'")):
+    assert re.search(rf"--{name}: .*?\(default: {value}\)", text), (name, text)

@@ -1,4 +1,4 @@
-"""Serve the web app: upload a photo and a painting, watch it being painted, download the result.
+"""Serve the web app: upload a photo (or a short clip) and a painting, watch it being painted, download it.
 
     nst-jax serve                      # http://127.0.0.1:8080/ (localhost only)
     nst-jax serve --port 9000 --data_dir /srv/nst-jax --weights random
@@ -33,6 +33,11 @@ flags.DEFINE_integer("max_size", 1024, "Largest output size a job may ask for (l
 flags.DEFINE_integer("max_steps", 2000, "Most optimisation steps a job may ask for.")
 flags.DEFINE_integer("max_batch", 4, "Compatible queued jobs run together in one vmapped step (1 = one at a "
                      "time). Batching pays on accelerators; on a CPU it mainly saves compilations.")
+# Clip limits (413 above); the defaults are server.submit.DEFAULT_MAX_VIDEO_* (not imported: fastapi is optional).
+flags.DEFINE_float("max_video_seconds", 10.0, "Longest clip a video job may upload, in seconds.")
+flags.DEFINE_integer("max_video_frames", 250, "Most frames a clip may have.")
+flags.DEFINE_integer("max_video_pixels", 3840 * 2160, "Largest decoded clip frame in pixels (frames are then "
+                     "stored at most --max_size).")
 flags.DEFINE_float("checkpoint_every", 30.0, "Seconds between checkpoints of running jobs.")
 flags.DEFINE_float("preview_every", 2.0, "Seconds between preview images of running jobs.")
 flags.DEFINE_float("batch_wait", 0.5, "Seconds to wait for simultaneous submissions before starting a batch.")
@@ -53,6 +58,8 @@ def main(argv):
     raise NstJaxError(f"--port must be between 1 and 65535, got {FLAGS.port}")
   if FLAGS.max_upload_mb <= 0 or FLAGS.max_pixels <= 0 or FLAGS.max_batch < 1:
     raise NstJaxError("--max_upload_mb, --max_pixels and --max_batch must be positive")
+  if FLAGS.max_video_seconds <= 0 or FLAGS.max_video_frames < 1 or FLAGS.max_video_pixels <= 0:
+    raise NstJaxError("--max_video_seconds, --max_video_frames and --max_video_pixels must be positive")
   common.enable_compilation_cache(FLAGS.compilation_cache)
   weights = weights_lib.load_vgg19(FLAGS.weights)
   try:
@@ -60,7 +67,8 @@ def main(argv):
         data_dir=FLAGS.data_dir, weights=weights, max_upload_mb=FLAGS.max_upload_mb,
         max_pixels=FLAGS.max_pixels, rate_limit=FLAGS.rate_limit, max_size=FLAGS.max_size,
         max_steps=FLAGS.max_steps, max_batch=FLAGS.max_batch, checkpoint_every=FLAGS.checkpoint_every,
-        preview_every=FLAGS.preview_every, batch_wait=FLAGS.batch_wait)
+        preview_every=FLAGS.preview_every, batch_wait=FLAGS.batch_wait, max_video_seconds=FLAGS.max_video_seconds,
+        max_video_frames=FLAGS.max_video_frames, max_video_pixels=FLAGS.max_video_pixels)
   except OSError as e:
     raise NstJaxError(f"cannot use --data_dir {FLAGS.data_dir}: {e}") from None
   py_logging.basicConfig(level=FLAGS.log_level.upper(), format="%(asctime)s %(name)s %(message)s")

@@ -243,3 +243,33 @@ def test_serve_flags_default_to_the_servers_clip_limits():
                       ("max_video_frames", f"'{submit.DEFAULT_MAX_VIDEO_FRAMES}'"),
                       ("max_video_pixels", f"'{submit.DEFAULT_MAX_VIDEO_PIXELS}'")):
     assert re.search(rf"--{name}: .*?\(default: {value}\)", text), (name, text)
+
+
+@pytest.mark.slow
+def test_a_clip_stopped_by_a_server_stop_resumes_after_a_restart(tmp_path):
+  data_dir = str(tmp_path / "data")
+  make = lambda: create_app(data_dir=data_dir, weights=WEIGHTS, rate_limit=0, preview_every=0.2,  # noqa: E731
+                            batch_wait=0.1, event_interval=0.1)
+  client_token = {"X-NST-Client": "resume-test-token-0001"}  # The same client across the restarts.
+  options = {"max_size": 32, "steps": 40, "video_mode": "sequential", **SHALLOW}
+  with TestClient(make(), headers=client_token) as c:
+    job = c.post("/api/jobs", files=_files(clip_bytes(audio=False)), data=options).json()
+    get = lambda: c.get(f"/api/jobs/{job['id']}").json()  # noqa: E731
+    wait_for(get, condition=lambda j: j["frame"] >= 1 and j["step"] > 0)
+  # The app stopped: the running frame was checkpointed and the job went back to the queue.
+  store = make().state.store
+  stopped = store.get(job["id"])
+  assert stopped["status"] == "queued" and 1 <= stopped["frame"] < 4
+  finished_frames = os.listdir(os.path.join(store.run_dir(job["id"]), "frames"))
+  assert any(name.endswith(".json") for name in finished_frames)
+  with TestClient(make(), headers=client_token) as c:
+    done = wait_for(lambda: c.get(f"/api/jobs/{job['id']}").json())
+    assert done["status"] == "done" and done["frame"] == 4
+    resumed = _mp4_info(c.get(done["result_url"]).content)["frames"]
+  # The same video as a run that was never stopped.
+  with TestClient(make(), headers=client_token) as c:
+    again = c.post("/api/jobs", files=_files(clip_bytes(audio=False)), data=options).json()
+    whole = wait_for(lambda: c.get(f"/api/jobs/{again['id']}").json())
+    uninterrupted = _mp4_info(c.get(whole["result_url"]).content)["frames"]
+  for got, want in zip(resumed, uninterrupted):
+    assert np.abs(got - want).max() <= 2 / 255

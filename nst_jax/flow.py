@@ -189,7 +189,8 @@ def temporal_error(frames_out: Sequence[np.ndarray], frames_in: Sequence[np.ndar
   (out_t - warp(out_{t-1}, flow t -> t-1))^2, the flow and mask taken on the input frames.
 
   0 when each output is its predecessor moved along the flow; NaN for a pair with no reliable pixel
-  (e.g. a scene cut), which `np.nanmean` skips.
+  (e.g. a scene cut), which `np.nanmean` skips. A given `cache` computes with its own method (`method` is
+  used only to make one when `cache` is None).
   """
   if len(frames_out) != len(frames_in):
     raise ValueError(f"{len(frames_out)} output frames for {len(frames_in)} input frames")

@@ -73,6 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.temporal_weight = 1e12
   config.video_mode = "sequential"
   config.temporal_frames = "1"
-  config.passes = 4
+  config.passes = 6
   config.flow_method = "dis"
   return config

@@ -292,8 +292,9 @@ def run_video(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], config
       for t, result in zip(group, results):
         if result.status != "done":
           continue
-        record = {"frame": t + 1, "pass": p + 1, "steps": result.total_steps, "seconds": result.seconds,
-                  **result.metrics}
+        earlier = records[t] if p > 0 and records[t] is not None else {"steps": 0, "seconds": 0.0}
+        record = {"frame": t + 1, "pass": p + 1, "steps": earlier["steps"] + result.total_steps,
+                  "seconds": earlier["seconds"] + result.seconds, **result.metrics}  # Over all passes so far.
         store.save(p, t, result.raw_image, record)
         current[t], records[t] = result.raw_image, record
         finished.append(t + 1)

@@ -101,6 +101,7 @@ def test_video_runs_end_to_end(random_weights, clip, style, mode, tmp_path):
   assert all(f.shape == (32, 32, 3) and f.dtype == np.float32 for f in result.frames)
   assert result.temporal_error.shape == (3,) and np.all(np.isfinite(result.temporal_error))
   assert [r["frame"] for r in result.per_frame] == [1, 2, 3, 4]
+  assert all(r["steps"] == cfg.steps for r in result.per_frame)  # Multipass: over its passes.
   assert result.per_frame[0]["temporal_error"] is None and result.per_frame[1]["temporal_error"] >= 0
   passes = 2 if mode == "multipass" else 1
   assert seen[-1]["done"] == seen[-1]["total"] == 4 * passes

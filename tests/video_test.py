@@ -213,7 +213,8 @@ def test_command_kill_9_then_resume_equals_uninterrupted(clip, style, tmp_path):
   deadline = time.time() + 300
   # Kill once frame 1 is finished and frame 2 or 3 has a checkpoint mid-frame.
   while time.time() < deadline and proc.poll() is None:
-    finished = [n for n in os.listdir(workdir / "frames") if n.endswith(".json")] if (workdir / "frames").exists() else []
+    frames_dir = workdir / "frames"
+    finished = [n for n in os.listdir(frames_dir) if n.endswith(".json")] if frames_dir.exists() else []
     ckpt = workdir / "checkpoints" / "pass01"
     if finished and ckpt.exists() and any(os.listdir(ckpt / d) for d in os.listdir(ckpt)):
       break

@@ -38,6 +38,7 @@ flags.DEFINE_integer("steps", 30, "Steps per frame (multipass: over all its pass
 flags.DEFINE_integer("speed_steps", 4, "Steps per frame for the speed figures.")
 flags.DEFINE_integer("speed_frames", 8, "Frames for the speed figures.")
 flags.DEFINE_list("batches", ["1", "4", "8"], "Multipass batch sizes for frames per second.")
+flags.DEFINE_list("speed_parts", ["modes", "batches"], "Speed figures: modes (s per frame), batches (frames/s).")
 flags.DEFINE_list("clips", ["synthetic", "photo"], "Clips: synthetic, photo.")
 flags.DEFINE_string("photo", "/work/shared/data/content/tubingen.jpg", "Photo the pan-and-zoom clip is cut from.")
 flags.DEFINE_string("style", "/work/shared/data/styles/starry_night.jpg", "Style painting.")
@@ -158,14 +159,15 @@ def measure_speed(weights, style) -> None:
   frames = photo_clip(FLAGS.photo, size, count)
   cache = flow.FlowCache(None, "dis")
   print(f"speed at {size} px, {count} frames, {steps} steps per frame ({load()} before):")
-  seconds = timed(lambda: per_frame(frames, style, config(size, steps), weights))
-  print(f"  per-frame: {seconds / count:.2f} s per frame ({load()})")
-  for mode in ("sequential", "multipass"):
+  if "modes" in FLAGS.speed_parts:
+    seconds = timed(lambda: per_frame(frames, style, config(size, steps), weights))
+    print(f"  per-frame: {seconds / count:.2f} s per frame ({load()})")
+  for mode in ("sequential", "multipass") if "modes" in FLAGS.speed_parts else ():
     cfg = config(size, steps, video_mode=mode, passes=min(2, steps))
     seconds = timed(lambda: video.run_video(frames, [style], cfg, weights=weights, flow_cache=cache))
     print(f"  {mode}: {seconds / count:.2f} s per frame ({load()})")
   cfg = config(size, steps, video_mode="multipass", passes=1)
-  for batch in (int(b) for b in FLAGS.batches):
+  for batch in (int(b) for b in FLAGS.batches) if "batches" in FLAGS.speed_parts else ():
     seconds = timed(lambda: video.run_video(frames, [style], cfg, weights=weights, flow_cache=cache, max_batch=batch))
     print(f"  multipass, batches of {batch}: {count / seconds:.3f} frames/s ({count * steps / seconds:.2f} "
           f"frame-steps/s, {load()})")

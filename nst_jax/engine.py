@@ -12,6 +12,10 @@ loop. What a job's settings mean is decided here only:
 - **Colours, blends, style scale** are part of the job: `preserve_colors` prepares the images before the
   targets and finishes the result after the last stage (`nst_jax.color`); the styles, of any shapes, are
   resized by `style_scale` at every stage and blended by `style_blend_weights` into one Gram target.
+- **Regions** (spatial control, `nst_jax.regions`): a job may give one mask per painting (where it applies)
+  and one per painting (which part of it to take the style from); they are resized to every stage's shape
+  and painting, enter the targets as guided Gram matrices and are part of the job's digest. The number of
+  regions is part of the bucket key (it shapes the targets).
 - **Buckets**: items (a job at one of its stages) whose compiled program is the same (`settings.STATIC`,
   the image shape, remat) run together in one vmapped step, sharded over the mesh, at most `max_batch` at a
   time. Each item has its own step budget: the step keeps an item's state once `state.step >= budget`
@@ -39,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from nst_jax import batch as mesh_lib, checkpoint, color, image_io, optimize, rundir, settings, vgg
+from nst_jax import regions as regions_lib
 from nst_jax.errors import NstJaxError
 
 PyTree = Any
@@ -146,12 +151,22 @@ class Job:
     config: the settings (`settings.resolve`); validated again by the engine.
     name: a label for progress and logs (e.g. the output path).
     checkpoint_dir: where the job's checkpoints live (None: none); the job resumes from the newest one.
+    regions: spatial control (None: off): one mask per style, float `[H, W]` in [0, 1] (or an RGB image,
+      converted to grey) of the photo's aspect ratio, any size; white = where that painting applies.
+    region_sources: None, or one mask per style (None entries allowed) of that painting's aspect ratio:
+      which part of the painting its style is taken from (None = all of it). Needs `regions`.
   """
   content: np.ndarray
   styles: Sequence[np.ndarray]
   config: ml_collections.ConfigDict
   name: str = ""
   checkpoint_dir: str | None = None
+  regions: Sequence[np.ndarray] | None = None
+  region_sources: Sequence[np.ndarray | None] | None = None
+
+  @property
+  def num_regions(self) -> int:
+    return 0 if self.regions is None else len(self.regions)
 
 
 @dataclasses.dataclass
@@ -174,6 +189,10 @@ def job_digest(job: Job, weights: vgg.VGGWeights) -> tuple[dict, str]:
   """`(identity, hash)`: everything that decides the job's image at a given step (`rundir.identity`)."""
   ident = rundir.identity(job.config, weights_source=weights.source, weights_sha256=weights.sha256,
                           content=job.content, styles=list(job.styles))
+  if job.regions is not None:  # Only with regions, so that the digests of other jobs stay what they were.
+    ident["regions"] = [rundir.array_digest(np.asarray(r, np.float32)) for r in job.regions]
+    ident["region_sources"] = None if job.region_sources is None else [
+        None if r is None else rundir.array_digest(np.asarray(r, np.float32)) for r in job.region_sources]
   return ident, rundir.config_hash(ident)
 
 
@@ -189,6 +208,8 @@ class JobRun:
     if self.photo.ndim != 3 or self.photo.shape[-1] != 3:
       raise NstJaxError(f"content must be [H, W, 3], got shape {self.photo.shape}")
     self.content, self.styles = color.prepare(self.photo, as_style_list(job.styles), job.config.preserve_colors)
+    self.regions, self.region_sources = regions_lib.check(job.regions, job.region_sources, self.photo.shape,
+                                                          [s.shape for s in self.styles])
     self.stages = plan(job.config, self.photo.shape)
     self.offsets = np.concatenate([[0], np.cumsum([s.steps for s in self.stages])]).astype(int).tolist()
     self.total_steps = self.offsets[-1]
@@ -278,13 +299,13 @@ class Engine:
 
   @staticmethod
   def bucket_key(run: JobRun) -> tuple:
-    """Items with equal keys share one compiled program: stage shape, static settings, remat."""
-    return (run.stage.shape, settings.static_key(run.config), run.stage.remat)
+    """Items with equal keys share one compiled program: stage shape, static settings, remat, regions."""
+    return (run.stage.shape, settings.static_key(run.config), run.stage.remat, run.job.num_regions)
 
   def job_bucket_key(self, job: Job) -> tuple:
     """The bucket of a job's first stage (how the server groups queued jobs before running them)."""
     stages = plan(job.config, np.shape(job.content))
-    return (stages[0].shape, settings.static_key(job.config), stages[0].remat)
+    return (stages[0].shape, settings.static_key(job.config), stages[0].remat, job.num_regions)
 
   # ---- running -----------------------------------------------------------------------------------------------
 
@@ -343,8 +364,14 @@ class Engine:
     stylizer = self.stylizer(config, stage.remat)
     content = image_io.resize(run.content, stage.shape)
     styles = [resize_style(s, stage.shape, float(config.style_scale)) for s in run.styles]
+    regions = sources = None
+    if run.regions is not None:
+      regions = [regions_lib.resize_mask(r, stage.shape) for r in run.regions]
+      if run.region_sources is not None:
+        sources = [None if r is None else regions_lib.resize_mask(r, s.shape[:2])
+                   for r, s in zip(run.region_sources, styles)]
     run.targets = optimize.targets_from_config(self.raw_weights, config, content, styles,
-                                               config.style_blend_weights)
+                                               config.style_blend_weights, regions=regions, region_sources=sources)
     if previous is None:
       start = optimize.init_image(config.init, content, styles, seed=int(config.seed),
                                   style_blend_weights=config.style_blend_weights)

@@ -53,12 +53,20 @@ class Targets:
     content_features: `{layer: [h, w, C]}` of the content image.
     style_grams: `{layer: [C, C]}` style Gram matrices, rescaled to the output's number of positions.
     content_weight, style_weight, tv_weight: scalars alpha, beta, theta (per item, so sweeps batch).
+    style_masks: spatial control (None: none): `{layer: [R, h, w]}` each painting's region at the layer's
+      resolution; `style_grams` are then `{layer: [R, C, C]}`, one guided Gram per region.
+    region_weights: `[R]` weight of each region's style term (None without regions).
+    content_masks: `{layer: [h, w]}` per-position content weight (None: 1 everywhere).
+  The number of regions is part of the tree's shapes: only jobs with equal R share a batch.
   """
   content_features: dict
   style_grams: dict
   content_weight: jax.Array
   style_weight: jax.Array
   tv_weight: jax.Array
+  style_masks: dict | None = None
+  region_weights: jax.Array | None = None
+  content_masks: dict | None = None
 
 
 @struct.dataclass
@@ -122,13 +130,18 @@ _features = jax.jit(vgg.extract_features, static_argnames=("layers", "pooling", 
 
 def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.ArrayLike,
                  styles: Sequence[jax.typing.ArrayLike], *, content_weight: float, style_weight: float,
-                 tv_weight: float, style_blend_weights: Sequence[float] | None = None) -> Targets:
+                 tv_weight: float, style_blend_weights: Sequence[float] | None = None,
+                 regions: Sequence[jax.typing.ArrayLike] | None = None,
+                 region_sources: Sequence[jax.typing.ArrayLike | None] | None = None,
+                 outside_content_weight: float = 1.0) -> Targets:
   """Content features and (blended) style Gram matrices for an output the size of `content`.
 
   A style image of another size than the output gives a Gram matrix summed over a different number of
   positions; each is divided by its own M and multiplied by the output's M, so the style target does not
   depend on the style image's resolution. Several styles are blended with `style_blend_weights`
   (normalised to sum to 1; equal by default).
+
+  With `regions` (one mask `[H, W]` in [0, 1] per style, at the output's size) see `make_region_targets`.
   """
   content = jnp.asarray(content, jnp.float32)
   content_features = _features(weights, content, layers=spec.all_layers, pooling=spec.pooling)
@@ -136,6 +149,13 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
   if len(blend) != len(styles) or np.any(blend < 0) or blend.sum() <= 0:
     raise NstJaxError(f"style blend weights {list(blend)} do not fit {len(styles)} style image(s)")
   blend = blend / blend.sum()
+  if regions is not None:
+    if any(np.shape(r) != content.shape[:2] for r in regions):
+      raise NstJaxError(f"style regions {[np.shape(r) for r in regions]} do not fit the output {content.shape[:2]}")
+    return make_region_targets(weights, spec, content_features, styles, regions, region_sources,
+                               region_weights=blend * len(styles), content_weight=content_weight,
+                               style_weight=style_weight, tv_weight=tv_weight,
+                               outside_content_weight=outside_content_weight)
   grams = {}
   for style, share in zip(styles, blend):
     style_features = _features(weights, jnp.asarray(style, jnp.float32), layers=spec.style_layers,
@@ -153,11 +173,62 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
       tv_weight=jnp.float32(tv_weight))
 
 
+def content_weight_map(regions: Sequence[np.ndarray], outside_content_weight: float) -> np.ndarray:
+  """`[H, W]` content weight: 1 where the regions cover the picture, `outside_content_weight` where none does
+  (linear in between: coverage = the regions' sum clipped to 1)."""
+  coverage = np.clip(np.sum(np.asarray(regions, np.float32), axis=0), 0.0, 1.0)
+  return (coverage + float(outside_content_weight) * (1.0 - coverage)).astype(np.float32)
+
+
+def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_features: dict,
+                        styles: Sequence[jax.typing.ArrayLike], regions: Sequence[jax.typing.ArrayLike],
+                        region_sources: Sequence[jax.typing.ArrayLike | None] | None, *, region_weights,
+                        content_weight: float, style_weight: float, tv_weight: float,
+                        outside_content_weight: float) -> Targets:
+  """Targets with spatial control (Gatys et al. 2017): style i applies inside `regions[i]`.
+
+  Style i's target at each layer is the guided Gram matrix of its features under `region_sources[i]` (a
+  mask at the painting's size; None = the whole painting), scaled to the output's positions as in
+  `make_targets`. The output's regions are pooled to each layer (`losses.downsample_mask`); the content
+  loss is weighted per position by `content_weight_map` so that uncovered pixels keep the photo.
+  """
+  if len(regions) != len(styles):
+    raise NstJaxError(f"{len(regions)} style region(s) for {len(styles)} style image(s)")
+  sources = [None] * len(styles) if region_sources is None else list(region_sources)
+  if len(sources) != len(styles):
+    raise NstJaxError(f"{len(sources)} style region source(s) for {len(styles)} style image(s)")
+  grams = {name: [] for name in spec.style_layers}
+  for style, source in zip(styles, sources):
+    style = jnp.asarray(style, jnp.float32)
+    if source is not None and np.shape(source) != style.shape[:2]:
+      raise NstJaxError(f"a region source mask {np.shape(source)} does not fit its painting {style.shape[:2]}")
+    style_features = _features(weights, style, layers=spec.style_layers, pooling=spec.pooling)
+    for name in spec.style_layers:
+      f = style_features[name]
+      out_positions = content_features[name].shape[0] * content_features[name].shape[1]
+      mask = jnp.ones(f.shape[:2]) if source is None else losses.downsample_mask(jnp.asarray(source), name)
+      grams[name].append(losses.guided_gram_matrix(f, mask) * (out_positions / (f.shape[0] * f.shape[1])))
+  regions = np.asarray(regions, np.float32)  # [R, H, W]
+  masks = {name: jnp.stack([losses.downsample_mask(r, name) for r in regions]) for name in spec.style_layers}
+  weight_map = content_weight_map(regions, outside_content_weight)
+  return Targets(
+      content_features={name: content_features[name] for name in spec.content_layers},
+      style_grams={name: jnp.stack(g) for name, g in grams.items()},
+      content_weight=jnp.float32(content_weight),
+      style_weight=jnp.float32(style_weight),
+      tv_weight=jnp.float32(tv_weight),
+      style_masks=masks,
+      region_weights=jnp.asarray(region_weights, jnp.float32),
+      content_masks={name: losses.downsample_mask(weight_map, name) for name in spec.content_layers})
+
+
 def targets_from_config(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, content, styles,
-                        style_blend_weights=None) -> Targets:
+                        style_blend_weights=None, regions=None, region_sources=None) -> Targets:
   return make_targets(weights, loss_spec_from_config(config), content, styles,
                       content_weight=config.content_weight, style_weight=config.style_weight,
-                      tv_weight=config.tv_weight, style_blend_weights=style_blend_weights)
+                      tv_weight=config.tv_weight, style_blend_weights=style_blend_weights, regions=regions,
+                      region_sources=region_sources,
+                      outside_content_weight=float(config.get("outside_content_weight", 1.0)))
 
 
 # ---- loss, optimizer, step ---------------------------------------------------------------------------------
@@ -168,10 +239,16 @@ def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
 
   def loss_fn(image, targets: Targets, weights: vgg.VGGWeights):
     features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat)
-    content = sum(losses.content_loss(features=features[name], target=targets.content_features[name])
-                  for name in spec.content_layers)
-    style = losses.style_loss(features=features, target_grams=targets.style_grams,
-                              layer_weights=dict(spec.style_layer_weights))
+    content_masks = targets.content_masks or {}
+    content = sum(losses.content_loss(features=features[name], target=targets.content_features[name],
+                                      weight=content_masks.get(name)) for name in spec.content_layers)
+    if targets.style_masks is None:
+      style = losses.style_loss(features=features, target_grams=targets.style_grams,
+                                layer_weights=dict(spec.style_layer_weights))
+    else:
+      style = losses.region_style_loss(features=features, target_grams=targets.style_grams,
+                                       masks=targets.style_masks, region_weights=targets.region_weights,
+                                       layer_weights=dict(spec.style_layer_weights))
     tv = losses.total_variation_loss(image, kind=spec.tv_kind)
     total = losses.total_loss(content=content, style=style, tv=tv, content_weight=targets.content_weight,
                               style_weight=targets.style_weight, tv_weight=targets.tv_weight)

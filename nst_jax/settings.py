@@ -61,6 +61,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("content_weight", "float", "alpha: weight of the content loss"),
     Setting("style_weight", "float", "beta: weight of the style loss"),
     Setting("tv_weight", "float", "theta: weight of the total-variation loss"),
+    Setting("outside_content_weight", "float", "with style regions: content weight multiplier where no region "
+            "covers the photo (larger keeps it more strictly; docs/spatial-control.md)"),
     Setting("tv_kind", "str", "total variation: squared (l2) or absolute (l1) neighbour differences",
             losses.TV_KINDS),
     Setting("content_layers", "names", "VGG19 layers of the content loss"),
@@ -232,6 +234,8 @@ def validate(config: ml_collections.ConfigDict, num_styles: int | None = None) -
     raise NstJaxError(f"scale_factor must be > 1, got {config.scale_factor}")
   if int(config.remat_above_pixels) < 0:
     raise NstJaxError(f"remat_above_pixels must be >= 0, got {config.remat_above_pixels}")
+  if not float(config.outside_content_weight) >= 0 or not float(config.outside_content_weight) < float("inf"):
+    raise NstJaxError(f"outside_content_weight must be >= 0, got {config.outside_content_weight}")
   if not float(config.style_scale) > 0:
     raise NstJaxError(f"style_scale must be positive, got {config.style_scale}")
   if float(config.style_scale) * int(config.max_size) > image_io.MAX_SIZE:

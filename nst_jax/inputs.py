@@ -36,12 +36,16 @@ def style_size(config: ml_collections.ConfigDict) -> int:
   return max(image_io.MIN_SIZE, round(float(config.style_scale) * int(config.max_size)))
 
 
-def load_masks(paths: Sequence[str] | None, what: str, max_size: int) -> tuple[list | None, list[str]]:
-  """Mask files (`style_region` or `style_region_source`, one per style) -> float32 `[H, W]` arrays, notes."""
+def load_masks(paths: Sequence[str | None] | None, what: str, max_size: int) -> tuple[list | None, list[str]]:
+  """Mask files (`style_region` or `style_region_source`, one per style; a None entry stays None) -> float32
+  `[H, W]` arrays, and notes."""
   if not paths:
     return None, []
   masks, notes = [], []
   for i, path in enumerate(paths, start=1):
+    if path is None:
+      masks.append(None)
+      continue
     mask, mask_notes = regions.load_mask(path, f"{what} {i}", max_size)
     masks.append(mask)
     notes += mask_notes

@@ -9,7 +9,9 @@ Columns: `content`, `style`, `output`, and any setting by its name (`settings.NA
 command line's (`flag_settings`) overridden by the row's non-empty cells, resolved by `settings.resolve`
 against the row's number of paintings; an empty cell keeps the command line's value, the preset's or the
 default. Relative paths are resolved against the manifest's folder. Several paintings in one cell are
-separated by `;` and blended by `style_blend_weights` (`3;1`, or a quoted `"3,1"`).
+separated by `;` and blended by `style_blend_weights` (`3;1`, or a quoted `"3,1"`). Optional columns
+`style_region` and `style_region_source` hold one mask per painting, `;`-separated in the same order
+(spatial control, docs/spatial-control.md).
 
 Rows are numbered from 1 (the first row after the header) in every message. A bad row gets `error` and is
 skipped; `run_rows` runs the others through the engine, each with its checkpoints in
@@ -29,6 +31,9 @@ from nst_jax import engine, image_io, inputs, settings
 from nst_jax.errors import NstJaxError
 
 REQUIRED_COLUMNS = ("content", "style", "output")
+# Optional file columns: region masks, one per painting of the row's style cell (`;`-separated, same order).
+MASK_COLUMNS = ("style_region", "style_region_source")
+FILE_COLUMNS = REQUIRED_COLUMNS + MASK_COLUMNS
 SETTING_COLUMNS = settings.NAMES + tuple(settings.SHORTHANDS)
 _EXTRA = None  # csv.DictReader's key for the cells beyond the header.
 _SCALE_FIELDS = ("scale_start", "scale_factor", "scale_steps")
@@ -64,11 +69,11 @@ def _check_header(path: str, header: list[str]) -> None:
   if missing:
     raise NstJaxError(f"manifest {path} lacks column(s) {', '.join(missing)} (header: {','.join(header)})")
   for name in header:
-    if name not in REQUIRED_COLUMNS and name not in SETTING_COLUMNS:
+    if name not in FILE_COLUMNS and name not in SETTING_COLUMNS:
       close = difflib.get_close_matches(name, SETTING_COLUMNS, n=1)
       hint = f" (did you mean {close[0]!r}?)" if close else ""
       raise NstJaxError(f"manifest {path}: unknown column {name!r}{hint}; columns are content, style, output "
-                        f"and any setting name (see docs/settings.md)")
+                        f"style_region, style_region_source and any setting name (see docs/settings.md)")
 
 
 def read_rows(path: str) -> list[dict]:
@@ -151,9 +156,13 @@ def _load_row(row: Row, raw: dict, folder: str, flag_settings: Mapping[str, Any]
   styles = [_path(folder, p.strip()) for p in raw["style"].split(";") if p.strip()]
   if not styles:
     raise NstJaxError("empty style")
-  row_settings = {k: v for k, v in raw.items() if k not in REQUIRED_COLUMNS}
+  masks = {name: [_path(folder, p.strip()) for p in (raw.get(name) or "").split(";") if p.strip()] or None
+           for name in MASK_COLUMNS}
+  row_settings = {k: v for k, v in raw.items() if k not in FILE_COLUMNS}
   config = settings.resolve(merge_settings(flag_settings, row_settings), num_styles=len(styles))
-  job, notes = inputs.load_job(_path(folder, raw["content"]), styles, config, name=row.output)
+  job, notes = inputs.load_job(_path(folder, raw["content"]), styles, config, name=row.output,
+                               style_regions=masks["style_region"],
+                               style_region_sources=masks["style_region_source"])
   row.notes = notes + engine.plan_notes(config, job.content.shape)
   _make_folder(row.output)
   image_io.check_writable(row.output, overwrite=overwrite)

@@ -31,6 +31,11 @@ flags.DEFINE_string("content", None, "Content photo (any format Pillow reads), o
                     "image shipped with scikit-image (e.g. skimage:chelsea).")
 flags.DEFINE_multi_string("style", None, "Style painting (file or skimage:NAME). Repeat the flag to blend "
                           "several styles.")
+flags.DEFINE_multi_string("style_region", None, "Spatial control: a greyscale mask per --style (same order), "
+                          "white = where that painting applies, of the photo's aspect ratio; pixels no region "
+                          "covers keep the photo (docs/spatial-control.md).")
+flags.DEFINE_multi_string("style_region_source", None, "Spatial control: a mask per --style (same order, of "
+                          "that painting's aspect ratio): which part of the painting to take its style from.")
 flags.DEFINE_string("output", None, "Output image path (.png, .jpg, ...).")
 flags.DEFINE_string("workdir", None, "Run folder (created if missing): checkpoints, snapshots, metrics.jsonl, "
                     "config.json, final.png, progress.png, losses.png. Running the same command again "
@@ -102,7 +107,8 @@ def load_weights():
 def load_job_and_weights(config, **kwargs) -> tuple[engine.Job, object]:
   """The job of --content and --style and the VGG19 weights; then prints the job's notes (an upscaled
   photo, a schedule that is off), so that a bad input or missing weights are one `error:` line alone."""
-  job, notes = inputs.load_job(FLAGS.content, FLAGS.style, config, **kwargs)
+  job, notes = inputs.load_job(FLAGS.content, FLAGS.style, config, style_regions=FLAGS.style_region,
+                               style_region_sources=FLAGS.style_region_source, **kwargs)
   weights = load_weights()
   for note in notes + engine.plan_notes(config, job.content.shape):
     print(f"note: {note}", file=sys.stderr)
@@ -154,6 +160,9 @@ def main_workdir(config):
   job, weights = load_job_and_weights(config, name=FLAGS.workdir)
   described = {"content": os.path.abspath(FLAGS.content), "styles": [os.path.abspath(p) for p in FLAGS.style],
                "output": output, "weights_flag": FLAGS.weights}
+  for name in ("style_region", "style_region_source"):
+    if FLAGS[name].value:
+      described[name] = [os.path.abspath(p) for p in FLAGS[name].value]
   progress = hooks.ProgressBar(disable=not FLAGS.progress)
   begin = time.perf_counter()
   try:

@@ -242,7 +242,7 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
             "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),
             "max_upload_mb": max_upload_mb, "max_pixels": limits.max_pixels, "settings": list(settings.NAMES),
             "preserve_colors": list(settings.BY_NAME["preserve_colors"].choices), "keep_colors": True,
-            "max_styles": len(submit_lib.FILE_FIELDS) - 1}
+            "max_styles": len(submit_lib.IMAGE_FIELDS) - 1, "region_fields": list(submit_lib.REGION_FIELDS)}
 
 
 # Page texts of the recipes that presets.PRESET_DESCRIPTIONS does not describe.
@@ -283,16 +283,21 @@ async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict
   except Exception:
     raise SubmitError(422, "expected a multipart form with the files content and style") from None
   files, fields = submit_lib.split_form(form.multi_items())
-  uploads = [files[name] for name in submit_lib.FILE_FIELDS if name in files]
+  uploads = [files[name] for name in submit_lib.IMAGE_FIELDS if name in files]
   options, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
   images = []
   for upload, what in zip(uploads, ("content image", "style image", "second style image")):
     data = await upload.read()
     images.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
+  masks = {}
+  for name in submit_lib.REGION_FIELDS + submit_lib.SOURCE_FIELDS:
+    if name in files:
+      data = await files[name].read()
+      masks[name] = await run_in_threadpool(submit_lib.decode_upload, data, name, limits.max_pixels)
   job_id = new_job_id()
   try:
     sizes = await run_in_threadpool(submit_lib.write_inputs, store.job_dir(job_id), images[0], images[1:],
-                                    config, limits)
+                                    config, limits, masks)
   except NstJaxError as e:
     raise SubmitError(422, str(e)) from None
   if sizes["steps"] > limits.max_steps:
@@ -303,14 +308,16 @@ async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict
 
 _SUBMIT_DESCRIPTION = (
     "Multipart form: files `content`, `style` and optionally `style2` (a second painting, blended by "
-    "`style_blend_weights`), and any setting by its name (docs/settings.md), e.g. `preset` ("
+    "`style_blend_weights`), optional greyscale masks `style_region`, `style2_region` (where each painting "
+    "applies; one per painting) and `style_region_source`, `style2_region_source` (docs/spatial-control.md), "
+    "and any setting by its name (docs/settings.md), e.g. `preset` ("
     + " | ".join(presets.ALL_PRESETS) + "), `max_size`, `steps`, `preserve_colors` (none | luminance | "
     "histogram), `style_weight`, `scales`. Empty fields keep the preset's or default value; an unknown "
     "field or a bad value is a 422 naming it.")
 _SUBMIT_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["content", "style"],
     "properties": {
-        **{name: {"type": "string", "format": "binary"} for name in ("content", "style", "style2")},
+        **{name: {"type": "string", "format": "binary"} for name in submit_lib.FILE_FIELDS},
         **{name: {"type": "string", "description": settings.BY_NAME[name].help} for name in settings.NAMES},
         **{name: {"type": "string", "description": text} for name, text in settings.SHORTHANDS.items()},
     }}}}}}

@@ -31,6 +31,8 @@ from nst_jax.server.jobs import JobStore
 log = logging.getLogger("nst_jax.server")
 
 STYLE_FILES = ("style.png", "style2.png")
+REGION_FILES = ("style_region.png", "style2_region.png")
+SOURCE_FILES = ("style_region_source.png", "style2_region_source.png")
 LOG_POINTS = 60  # Loss points per job when the job does not set log_every.
 
 
@@ -51,8 +53,13 @@ def load_job(store: JobStore, job: dict) -> engine.Job:
   """The engine job of a stored job: its inputs prepared as the command prepares files (`inputs.load_job`)."""
   styles = style_paths(store, job["id"])
   config = job_config(job["options"], len(styles))
+  masks = {}
+  for name, files in (("style_regions", REGION_FILES), ("style_region_sources", SOURCE_FILES)):
+    paths = [store.path(job["id"], f) for f in files[:len(styles)]]
+    paths = [p if os.path.exists(p) else None for p in paths]
+    masks[name] = paths if any(paths) else None
   loaded, _ = inputs.load_job(store.path(job["id"], "content.png"), styles, config, name=job["id"],
-                              checkpoint_dir=store.checkpoint_dir(job["id"]))
+                              checkpoint_dir=store.checkpoint_dir(job["id"]), **masks)
   return loaded
 
 

@@ -166,9 +166,8 @@ def write_inputs(folder: str, content: np.ndarray, styles: list[np.ndarray], con
       image_io.save_image(os.path.join(folder, name), _capped(style, cap))
     for files, masks_of in ((REGION_FILES, region_list), (SOURCE_FILES, source_list)):
       for name, mask in zip(files, masks_of or []):
-        if mask is not None:
-          grey = np.repeat(regions.as_mask(mask)[..., None], 3, axis=-1)
-          image_io.save_image(os.path.join(folder, name), _capped(grey, cap))
+        if mask is not None:  # As uploaded (a colour mask is converted when the job reads it, as the command).
+          image_io.save_image(os.path.join(folder, name), _capped(mask, cap))
   except Exception:
     shutil.rmtree(folder, ignore_errors=True)
     raise

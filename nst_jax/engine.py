@@ -372,7 +372,9 @@ class Engine:
                    for r, s in zip(run.region_sources, styles)]
     run.targets = optimize.targets_from_config(self.raw_weights, config, content, styles,
                                                config.style_blend_weights, regions=regions, region_sources=sources)
-    if previous is None:
+    if previous is None and regions is not None:
+      start = optimize.region_init_image(config.init, content, styles, regions, seed=int(config.seed))
+    elif previous is None:
       start = optimize.init_image(config.init, content, styles, seed=int(config.seed),
                                   style_blend_weights=config.style_blend_weights)
     else:

@@ -133,7 +133,7 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
                  tv_weight: float, style_blend_weights: Sequence[float] | None = None,
                  regions: Sequence[jax.typing.ArrayLike] | None = None,
                  region_sources: Sequence[jax.typing.ArrayLike | None] | None = None,
-                 outside_content_weight: float = 1.0) -> Targets:
+                 outside_content_weight: float = 10.0) -> Targets:
   """Content features and (blended) style Gram matrices for an output the size of `content`.
 
   A style image of another size than the output gives a Gram matrix summed over a different number of
@@ -228,7 +228,7 @@ def targets_from_config(weights: vgg.VGGWeights, config: ml_collections.ConfigDi
                       content_weight=config.content_weight, style_weight=config.style_weight,
                       tv_weight=config.tv_weight, style_blend_weights=style_blend_weights, regions=regions,
                       region_sources=region_sources,
-                      outside_content_weight=float(config.get("outside_content_weight", 1.0)))
+                      outside_content_weight=float(config.get("outside_content_weight", 10.0)))
 
 
 # ---- loss, optimizer, step ---------------------------------------------------------------------------------
@@ -338,6 +338,25 @@ def init_image(kind: str, content: np.ndarray, style: np.ndarray | Sequence[np.n
   if kind == "style_stats":
     return style_stats_noise(np.shape(content), styles[0], seed=seed)
   raise NstJaxError(f"unknown init {kind!r}; expected one of {INIT_KINDS}")
+
+
+def region_init_image(kind: str, content: np.ndarray, styles: Sequence[np.ndarray], regions: Sequence[np.ndarray],
+                      *, seed: int = 0) -> np.ndarray:
+  """The starting image with spatial control: `init_image` of each painting inside its region, the photo
+  where no region covers it (so uncovered pixels start, and stay, as the photo).
+
+  Regions that overlap share a pixel in proportion to their masks. Kinds that do not depend on the
+  painting (`content`, `noise`) are `init_image`'s.
+  """
+  if kind in ("content", "noise"):
+    return init_image(kind, content, styles, seed=seed)
+  masks = np.asarray(regions, np.float32)[..., None]  # [R, H, W, 1]
+  total = masks.sum(axis=0)
+  shares = masks / np.maximum(total, 1.0)
+  start = (1.0 - np.minimum(total, 1.0)) * np.asarray(content, np.float32)
+  for share, style in zip(shares, styles):
+    start = start + share * init_image(kind, content, [style], seed=seed)
+  return np.clip(start, 0.0, 1.0).astype(np.float32)
 
 
 def style_stats_noise(shape: Sequence[int], style: np.ndarray, *, seed: int = 0) -> np.ndarray:

@@ -156,6 +156,21 @@ def test_content_weight_map_is_one_inside_and_the_setting_outside():
   np.testing.assert_allclose(optimize.content_weight_map([left * 0.5], 3.0)[:, 0], 0.5 + 3.0 * 0.5)
 
 
+def test_region_init_recolours_each_region_to_its_painting_and_keeps_the_photo_elsewhere():
+  content, styles = make_image(16, 20, 0), [make_style(12, 12, 1), make_style(10, 14, 2)]
+  left, right = halves(16, 20)
+  half_left = left.copy()
+  half_left[:8] = 0.0  # The lower left quarter is covered by no region.
+  start = optimize.region_init_image("recolored_content", content, styles, [half_left, right])
+  np.testing.assert_allclose(start[:8, :10], content[:8, :10])
+  np.testing.assert_allclose(start[8:, :10], optimize.init_image("recolored_content", content, styles[:1])[8:, :10],
+                             atol=1e-6)
+  np.testing.assert_allclose(start[:, 10:], optimize.init_image("recolored_content", content, styles[1:])[:, 10:],
+                             atol=1e-6)
+  whole = optimize.region_init_image("recolored_content", content, styles[:1], [np.ones((16, 20))])
+  np.testing.assert_allclose(whole, optimize.init_image("recolored_content", content, styles[:1]), atol=1e-6)
+
+
 # ---- masks: conversion and bad input -----------------------------------------------------------------------
 
 

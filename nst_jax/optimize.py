@@ -445,7 +445,9 @@ class Stylizer:
 
 def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
             config: ml_collections.ConfigDict | None = None, *, weights: vgg.VGGWeights | None = None,
-            style_blend_weights: Sequence[float] | None = None, hooks: Iterable[Any] = ()) -> np.ndarray:
+            style_blend_weights: Sequence[float] | None = None, hooks: Iterable[Any] = (),
+            regions: Sequence[np.ndarray] | None = None,
+            region_sources: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
   """Stylises `content` with `style`: float32 `[H, W, 3]` arrays in [0, 1] -> image of the content's size.
 
   The library front end of `nst_jax.engine`: every setting of `config` applies (coarse-to-fine, colours,
@@ -458,6 +460,7 @@ def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
     weights: VGG19 weights (`nst_jax.weights.load_vgg19()` when None: cached, or downloaded once).
     style_blend_weights: shorthand for `config.style_blend_weights`.
     hooks: `nst_jax.hooks` objects (progress, metrics, previews, stop).
+    regions, region_sources: spatial control, one mask per painting (`engine.Job`, docs/spatial-control.md).
   """
   from nst_jax import engine
   from nst_jax import weights as weights_lib
@@ -466,6 +469,7 @@ def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
   if style_blend_weights is not None:
     config.style_blend_weights = tuple(float(w) for w in style_blend_weights)
   weights = weights or weights_lib.load_vgg19(None)
-  job = engine.Job(content=content, styles=engine.as_style_list(style), config=config)
+  job = engine.Job(content=content, styles=engine.as_style_list(style), config=config, regions=regions,
+                   region_sources=region_sources)
   (result,) = engine.Engine(weights).run([job], hooks=hooks)
   return result.image

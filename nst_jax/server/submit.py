@@ -4,8 +4,8 @@ Form fields are settings by their one name (docs/settings.md): every name of `se
 shorthands (`preset`, `scales`, `epochs`, `steps_per_epoch`). Files: `content`, `style` and an optional
 second painting `style2` (blended with `style_blend_weights`); spatial control (docs/spatial-control.md):
 optional masks `style_region` and `style2_region` (where each painting applies: one per painting, or none)
-and `style_region_source`, `style2_region_source` (which part of each painting to take the style from). An unknown field or an invalid value is a
-422 naming it; nothing is ever dropped silently. Server defaults where a field is empty: `max_size` 256,
+and `style_region_source`, `style2_region_source` (which part of each painting to take the style from).
+An unknown field or an invalid value is a 422 naming it; nothing is ever dropped silently. Server defaults where a field is empty: `max_size` 256,
 and `steps` 300 unless the preset sets its own (the quality preset runs its 100 iterations).
 """
 

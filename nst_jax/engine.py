@@ -42,12 +42,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from nst_jax import batch as mesh_lib, checkpoint, color, image_io, optimize, rundir, settings, vgg
+from nst_jax import batch as mesh_lib, checkpoint, color, image_io, optimize, rundir, settings, tiles, vgg
 from nst_jax import regions as regions_lib
 from nst_jax.errors import NstJaxError
 
 PyTree = Any
 CHECKPOINT_VERSION = 2
+TILE_STRIDE = 16  # VGG19's total stride before block 5: a tile's sides wrap exactly at every layer above it.
 
 
 class Stage(NamedTuple):
@@ -96,16 +97,24 @@ def plan(config: ml_collections.ConfigDict, content_shape: Sequence[int]) -> lis
 
 def plan_notes(config: ml_collections.ConfigDict, content_shape: Sequence[int]) -> list[str]:
   """What the plan does that a user might not expect (front ends print these as `note:` lines)."""
+  notes = []
   longest = max(content_shape[:2])
   if 0 < int(config.scale_start) >= longest:
-    return [f"scale_start {config.scale_start} is not below the output's longest side {longest}: one scale "
-            f"(coarse-to-fine off)"]
-  return []
+    notes.append(f"scale_start {config.scale_start} is not below the output's longest side {longest}: one "
+                 f"scale (coarse-to-fine off)")
+  height, width = content_shape[:2]
+  if config.get("tile") and (height % TILE_STRIDE or width % TILE_STRIDE):
+    notes.append(f"tile: {width}x{height} is not a multiple of {TILE_STRIDE} px on both sides; the output "
+                 f"still wraps around, but VGG pooling drops an edge row or column in deep layers there "
+                 f"(see docs/tiles-and-cost.md)")
+  return notes
 
 
-def carry_opt_state(old: PyTree, new: PyTree, old_shape: tuple, new_shape: tuple) -> PyTree:
+def carry_opt_state(old: PyTree, new: PyTree, old_shape: tuple, new_shape: tuple, *,
+                    wrap: bool = False) -> PyTree:
   """Moves a first-order optimizer state to a new image shape: image-shaped leaves are resized
   (bilinear, which keeps second moments non-negative), other leaves (step counts) are kept from `old`.
+  `wrap`: the leaves are periodic (a seamless tile), so the filter wraps around their borders.
 
   L-BFGS is not carried: its curvature pairs (s, y) were measured on the previous scale's problem and
   would not satisfy the secant condition of the new one, so it starts afresh at each stage.
@@ -114,6 +123,10 @@ def carry_opt_state(old: PyTree, new: PyTree, old_shape: tuple, new_shape: tuple
   def move(old_leaf, new_leaf):
     old_leaf, new_leaf = jax.numpy.asarray(old_leaf), jax.numpy.asarray(new_leaf)
     if old_leaf.shape == tuple(old_shape) and new_leaf.shape == tuple(new_shape):
+      if wrap:  # The middle of a 3 x 3 mosaic, as `tiles.resize_wrapped`.
+        (h, w), rest = new_shape[:2], tuple(new_shape[2:])
+        big = jax.numpy.tile(old_leaf, (3, 3) + (1,) * len(rest))
+        return jax.image.resize(big, (3 * h, 3 * w) + rest, "linear")[h:2 * h, w:2 * w].astype(new_leaf.dtype)
       return jax.image.resize(old_leaf, new_shape, "linear").astype(new_leaf.dtype)
     if old_leaf.shape == new_leaf.shape:
       return old_leaf
@@ -362,7 +375,8 @@ class Engine:
     stage = run.stage
     config = run.config
     stylizer = self.stylizer(config, stage.remat)
-    content = image_io.resize(run.content, stage.shape)
+    resize = tiles.resize_wrapped if config.tile else image_io.resize  # A tile's filters wrap around.
+    content = resize(run.content, stage.shape)
     styles = [resize_style(s, stage.shape, float(config.style_scale)) for s in run.styles]
     regions = sources = None
     if run.regions is not None:
@@ -378,11 +392,12 @@ class Engine:
       start = optimize.init_image(config.init, content, styles, seed=int(config.seed),
                                   style_blend_weights=config.style_blend_weights)
     else:
-      start = image_io.resize(np.asarray(jax.device_get(previous.image)), stage.shape)
+      start = resize(np.asarray(jax.device_get(previous.image)), stage.shape)
     state = optimize.init_state(start, stylizer.optimizer)
     if previous is not None and not stylizer.linesearch:
       state = state.replace(opt_state=carry_opt_state(previous.opt_state, state.opt_state,
-                                                      np.shape(previous.image), start.shape))
+                                                      np.shape(previous.image), start.shape,
+                                                      wrap=bool(config.tile)))
     run.state = state
     run.local_step = 0
     run.stage_begin = time.perf_counter()

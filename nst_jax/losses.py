@@ -146,15 +146,20 @@ def region_style_loss(*, features: Mapping[str, jax.Array], target_grams: Mappin
   return total
 
 
-def total_variation_loss(image: jax.Array, *, kind: str = "l2") -> jax.Array:
+def total_variation_loss(image: jax.Array, *, kind: str = "l2", wrap: bool = False) -> jax.Array:
   """Total variation of an `[H, W, C]` image over horizontally and vertically adjacent pixels.
 
   kind='l2': sum of squared differences (our reference report's formula); kind='l1': sum of absolute
   differences (as `tf.image.total_variation`, used by the TensorFlow style-transfer tutorial).
+  wrap=True: the last row and column also neighbour the first (a seamless tile: the picture is a torus).
   """
   _check_features(image, "image")
-  dy = image[1:, :, :] - image[:-1, :, :]
-  dx = image[:, 1:, :] - image[:, :-1, :]
+  if wrap:
+    dy = jnp.roll(image, -1, axis=0) - image
+    dx = jnp.roll(image, -1, axis=1) - image
+  else:
+    dy = image[1:, :, :] - image[:-1, :, :]
+    dx = image[:, 1:, :] - image[:, :-1, :]
   if kind == "l2":
     return jnp.sum(jnp.square(dy)) + jnp.sum(jnp.square(dx))
   if kind == "l1":

@@ -27,7 +27,7 @@ import os
 import shutil
 from typing import Any, Iterable, Mapping
 
-from nst_jax import engine, image_io, inputs, settings
+from nst_jax import engine, image_io, inputs, settings, tiles
 from nst_jax.errors import NstJaxError
 
 REQUIRED_COLUMNS = ("content", "style", "output")
@@ -54,6 +54,7 @@ class Row:
   skipped: bool = False
   notes: list[str] = dataclasses.field(default_factory=list)
   result: engine.Result | None = None
+  tile_preview: int = 0  # The row's own (rows that differ only in it share one job).
 
 
 def run_folder(manifest_path: str, workdir: str | None = None) -> str:
@@ -167,6 +168,7 @@ def _load_row(row: Row, raw: dict, folder: str, flag_settings: Mapping[str, Any]
   _make_folder(row.output)
   image_io.check_writable(row.output, overwrite=overwrite)
   row.job = job
+  row.tile_preview = int(config.tile_preview)
 
 
 def load_rows(path: str, flag_settings: Mapping[str, Any] | None = None, *, overwrite: bool = False,
@@ -225,6 +227,7 @@ class _Rows:
     for row in self.by_job[id(run.job)]:
       try:
         image_io.save_image(row.output, image)
+        tiles.write_preview(row.output, image, row.tile_preview)
       except NstJaxError as e:
         row.error = str(e)
       except OSError as e:

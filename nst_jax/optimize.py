@@ -35,6 +35,7 @@ class LossSpec:
   tv_kind: str = struct.field(pytree_node=False, default="l2")
   pooling: str = struct.field(pytree_node=False, default="max")
   remat: bool = struct.field(pytree_node=False, default=False)
+  tile: bool = struct.field(pytree_node=False, default=False)  # Circular padding and wrapped TV.
 
   @property
   def style_layers(self) -> tuple[str, ...]:
@@ -102,7 +103,8 @@ def loss_spec_from_config(config: ml_collections.ConfigDict) -> LossSpec:
   if config.pooling not in vgg.POOLING_KINDS:
     raise NstJaxError(f"unknown pooling {config.pooling!r}; expected one of {vgg.POOLING_KINDS}")
   return LossSpec(content_layers=content_layers, style_layer_weights=tuple(zip(style_layers, layer_weights)),
-                  tv_kind=config.tv_kind, pooling=config.pooling, remat=bool(config.get("remat", False)))
+                  tv_kind=config.tv_kind, pooling=config.pooling, remat=bool(config.get("remat", False)),
+                  tile=bool(config.get("tile", False)))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -125,7 +127,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 # ---- features and targets ----------------------------------------------------------------------------------
 
-_features = jax.jit(vgg.extract_features, static_argnames=("layers", "pooling", "remat"))
+_features = jax.jit(vgg.extract_features, static_argnames=("layers", "pooling", "remat", "circular"))
 
 
 def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.ArrayLike,
@@ -144,7 +146,7 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
   With `regions` (one mask `[H, W]` in [0, 1] per style, at the output's size) see `make_region_targets`.
   """
   content = jnp.asarray(content, jnp.float32)
-  content_features = _features(weights, content, layers=spec.all_layers, pooling=spec.pooling)
+  content_features = _features(weights, content, layers=spec.all_layers, pooling=spec.pooling, circular=spec.tile)
   blend = np.ones(len(styles)) if style_blend_weights is None else np.asarray(style_blend_weights, np.float64)
   if len(blend) != len(styles) or np.any(blend < 0) or blend.sum() <= 0:
     raise NstJaxError(f"style blend weights {list(blend)} do not fit {len(styles)} style image(s)")
@@ -159,7 +161,7 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
   grams = {}
   for style, share in zip(styles, blend):
     style_features = _features(weights, jnp.asarray(style, jnp.float32), layers=spec.style_layers,
-                               pooling=spec.pooling)
+                               pooling=spec.pooling, circular=spec.tile)
     for name in spec.style_layers:
       f = style_features[name]
       out_positions = content_features[name].shape[0] * content_features[name].shape[1]
@@ -202,7 +204,8 @@ def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_feature
     style = jnp.asarray(style, jnp.float32)
     if source is not None and np.shape(source) != style.shape[:2]:
       raise NstJaxError(f"a region source mask {np.shape(source)} does not fit its painting {style.shape[:2]}")
-    style_features = _features(weights, style, layers=spec.style_layers, pooling=spec.pooling)
+    style_features = _features(weights, style, layers=spec.style_layers, pooling=spec.pooling,
+                               circular=spec.tile)
     for name in spec.style_layers:
       f = style_features[name]
       out_positions = content_features[name].shape[0] * content_features[name].shape[1]
@@ -238,7 +241,8 @@ def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
   """`loss_fn(image [H, W, 3], targets, weights) -> (total, {'total', 'content', 'style', 'tv'})`."""
 
   def loss_fn(image, targets: Targets, weights: vgg.VGGWeights):
-    features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat)
+    features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat,
+                                    circular=spec.tile)
     content_masks = targets.content_masks or {}
     content = sum(losses.content_loss(features=features[name], target=targets.content_features[name],
                                       weight=content_masks.get(name)) for name in spec.content_layers)
@@ -249,7 +253,7 @@ def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
       style = losses.region_style_loss(features=features, target_grams=targets.style_grams,
                                        masks=targets.style_masks, region_weights=targets.region_weights,
                                        layer_weights=dict(spec.style_layer_weights))
-    tv = losses.total_variation_loss(image, kind=spec.tv_kind)
+    tv = losses.total_variation_loss(image, kind=spec.tv_kind, wrap=spec.tile)
     total = losses.total_loss(content=content, style=style, tv=tv, content_weight=targets.content_weight,
                               style_weight=targets.style_weight, tv_weight=targets.tv_weight)
     return total, {"total": total, "content": content, "style": style, "tv": tv}

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from nst_jax import color, image_io, losses, optimize, vgg
+from nst_jax import color, image_io, losses, optimize, tiles, vgg
 from nst_jax.configs import default, presets
 from nst_jax.errors import NstJaxError
 
@@ -69,6 +69,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("style_layers", "names", "VGG19 layers of the style loss"),
     Setting("style_layer_weights", "floats", "weight per style layer; empty = equal (1/L)"),
     Setting("pooling", "str", "VGG19 pooling", vgg.POOLING_KINDS),
+    Setting("tile", "bool", "seamless tile: circular padding in every VGG conv and a wrap-around TV term, so "
+            "the output repeats without a seam"),
+    Setting("tile_preview", "int", f"also write an N x N mosaic of the result next to each output "
+            f"(<output>.tileNxN.png; 0 = none, at most {tiles.MAX_PREVIEW})"),
     Setting("remat", "bool", "recompute VGG block activations in the backward pass (jax.checkpoint)"),
     Setting("remat_above_pixels", "int", "turn remat on for scales with more pixels than this (0 = never)"),
     Setting("scale_start", "int", "coarse-to-fine: longest side of the first scale (0 = one scale)"),
@@ -91,7 +95,7 @@ NAMES: tuple[str, ...] = tuple(BY_NAME)
 # Compiled into the step program: jobs share a batch only when these agree (and the image shape).
 STATIC = ("optimizer", "lr", "adam_b1", "adam_eps", "sgd_momentum", "lbfgs_memory", "lbfgs_linesearch_steps",
           "lbfgs_initial_guess", "lbfgs_precondition", "tv_kind", "content_layers", "style_layers",
-          "style_layer_weights", "pooling")
+          "style_layer_weights", "pooling", "tile")
 
 # Inputs that are not settings but that every front end may give next to them.
 SHORTHANDS = {
@@ -232,6 +236,7 @@ def validate(config: ml_collections.ConfigDict, num_styles: int | None = None) -
     raise NstJaxError("scale_start and scale_steps must be >= 0")
   if int(config.scale_start) > 0 and not float(config.scale_factor) > 1.0:
     raise NstJaxError(f"scale_factor must be > 1, got {config.scale_factor}")
+  tiles.check_preview(config.tile_preview)
   if int(config.remat_above_pixels) < 0:
     raise NstJaxError(f"remat_above_pixels must be >= 0, got {config.remat_above_pixels}")
   if not float(config.outside_content_weight) >= 0 or not float(config.outside_content_weight) < float("inf"):

@@ -20,7 +20,8 @@ import time
 
 from absl import flags
 
-from nst_jax import engine, hooks, image_io, inputs, rundir, run as run_lib, settings, weights as weights_lib
+from nst_jax import engine, hooks, image_io, inputs, rundir, run as run_lib, settings, tiles
+from nst_jax import weights as weights_lib
 from nst_jax.commands import common
 from nst_jax.configs import default
 from nst_jax.errors import NstJaxError
@@ -127,12 +128,14 @@ def main(argv):
     return main_workdir(config)
   image_io.check_writable(FLAGS.output, overwrite=FLAGS.overwrite)
   job, weights = load_job_and_weights(config, name=FLAGS.output)
+  eng = engine.Engine(weights)
   progress = hooks.ProgressBar(disable=not FLAGS.progress)
   log = hooks.MetricsLog(lambda run: metrics_path(FLAGS.output))
   start = time.perf_counter()
   with hooks.closing_all(progress, log):
-    (result,) = engine.Engine(weights).run([job], hooks=[log, progress])
+    (result,) = eng.run([job], hooks=[log, progress])
   image_io.save_image(FLAGS.output, result.image)
+  tiles.write_preview(FLAGS.output, result.image, int(config.tile_preview))
   if len(result.stages) > 1:
     for s in result.stages:
       print(f"  scale {s['stage'] + 1}/{len(result.stages)} {s['width']}x{s['height']}: {s['steps']} steps, "
@@ -177,6 +180,7 @@ def main_workdir(config):
     sys.exit(e.exit_code)
   if output:
     image_io.save_image(output, image)
+    tiles.write_preview(output, image, int(config.tile_preview))
   print(f"wrote {output or os.path.join(FLAGS.workdir, rundir.FINAL)} and the run files in {FLAGS.workdir} "
         f"({job.content.shape[1]}x{job.content.shape[0]}, {config.steps} steps, {time.perf_counter() - begin:.1f} s)")
 

@@ -46,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Per style layer weights w_l; None = equal weights 1/L.
   config.style_layer_weights = ml_collections.FieldReference(None, field_type=tuple)
   config.pooling = "max"
+  # Seamless tiles: circular padding in every VGG conv and a wrapped TV term (the picture is a torus);
+  # tile_preview N > 0 also writes an N x N mosaic of the result next to each output (docs/tiles-and-cost.md).
+  config.tile = False
+  config.tile_preview = 0
   config.remat = False
   # Rematerialise VGG blocks automatically for scales with more pixels than this (0 = never). Off by
   # default: on XLA:CPU block remat did not lower peak memory (+20% in XLA's own analysis; see

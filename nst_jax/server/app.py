@@ -31,12 +31,13 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from nst_jax import __version__, optimize, settings
+from nst_jax import __version__, optimize, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
 from nst_jax.server import submit as submit_lib
 from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, valid_job_id
 from nst_jax.server.submit import DEFAULT_SIZE, DEFAULT_STEPS, Limits, SubmitError
+from nst_jax.server import worker as worker_lib
 from nst_jax.server.worker import Worker
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
@@ -422,6 +423,14 @@ def _add_job_views(app: FastAPI, store: JobStore, worker: Worker, owned, view, e
       raise HTTPException(409, f"job is {job['status']}, no result")
     return _file(job_id, "result.png", "image/png", filename=f"nst-jax-{job_id[:8]}.png",
                  content_disposition_type="attachment" if download else "inline")
+
+  @app.get("/api/jobs/{job_id}/tile_preview", summary="The N x N mosaic of the result (PNG; with tile_preview N)")
+  def tile_preview(request: Request, job_id: str):
+    job = owned(request, job_id)
+    count = int(worker_lib.job_config(job["options"]).tile_preview)
+    if job["status"] != "done" or not count:
+      raise HTTPException(409, "no tile preview: the job is not done or has no tile_preview")
+    return _file(job_id, tiles.preview_path(worker_lib.TILE_PREVIEW_BASE, count), "image/png")
 
   @app.get("/api/jobs/{job_id}/input/{which}",
            summary="The job's photo or painting as uploaded (PNG; downscaled if over the size limit)")

@@ -24,7 +24,7 @@ import traceback
 import ml_collections
 import numpy as np
 
-from nst_jax import color, engine, image_io, inputs, settings
+from nst_jax import color, engine, image_io, inputs, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.server.jobs import JobStore
 
@@ -33,6 +33,7 @@ log = logging.getLogger("nst_jax.server")
 STYLE_FILES = ("style.png", "style2.png")
 REGION_FILES = ("style_region.png", "style2_region.png")
 SOURCE_FILES = ("style_region_source.png", "style2_region_source.png")
+TILE_PREVIEW_BASE = "tile.png"  # A job's mosaic (tile_preview N) is tile.tileNxN.png in its folder.
 LOG_POINTS = 60  # Loss points per job when the job does not set log_every.
 
 
@@ -219,6 +220,7 @@ class _JobHooks:
     job_id = run.job.name
     image = run.final_image()
     image_io.save_image(self.store.path(job_id, "result.png"), image)
+    tiles.write_preview(self.store.path(job_id, TILE_PREVIEW_BASE), image, int(run.config.tile_preview))
     image_io.save_image(self.store.path(job_id, "preview.jpg"), image)
     self.store.update_progress(job_id, run.step, new_preview=True)
     self.store.finish(job_id, "done")

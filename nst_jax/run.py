@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 import nst_jax
-from nst_jax import engine, hooks as hooks_lib, image_io, optimize, rundir, settings, tiles, vgg
+from nst_jax import cost, engine, hooks as hooks_lib, image_io, optimize, rundir, settings, tiles, vgg
 from nst_jax.errors import NstJaxError
 
 DEFAULT_CHECKPOINT_EVERY = 100
@@ -84,7 +84,8 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
                    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
                    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, overwrite: bool = False,
                    handle_signals: bool = True, report: bool = True, async_save: bool = False,
-                   hooks: Iterable = (), log: Callable[[str], None] = print) -> np.ndarray:
+                   hooks: Iterable = (), log: Callable[[str], None] = print, estimate_cost: bool = False,
+                   force: bool = False) -> np.ndarray:
   """Runs `job` in run directory `workdir` through the engine, resuming from its latest checkpoint.
 
   Args:
@@ -100,6 +101,8 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
       until each checkpoint is committed, so a `kill -9` loses at most `checkpoint_every` steps; on, it
       can lose the steps run during one write as well (cheaper when steps are very fast, e.g. on a GPU).
     hooks: more engine hooks (e.g. a progress bar).
+    estimate_cost: log the job's cost first (`nst_jax.cost`) and refuse, before any file is written, a job
+      whose estimated peak memory exceeds the free memory, unless `force`.
 
   Returns:
     The final image, float32 `[H, W, 3]`.
@@ -115,6 +118,8 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
   settings.validate(config, len(job.styles))
   policy = engine.CheckpointPolicy(every_steps=checkpoint_every, keep=keep_checkpoints, async_save=async_save)
   eng = engine.Engine(weights, checkpoints=policy)
+  if estimate_cost:
+    cost.preflight(eng, [job], force=force, log=log)
   run_dir = rundir.RunDir(workdir)
   run_dir.create()
   ident, config_hash = engine.job_digest(job, weights)

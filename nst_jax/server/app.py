@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from nst_jax import __version__, optimize, settings, tiles
+from nst_jax import __version__, cost, engine as engine_lib, image_io, inputs, optimize, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
 from nst_jax.server import submit as submit_lib
@@ -274,7 +274,57 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
     worker.wake()
     return view(job)
 
+  estimator = _Estimator(worker)
+
+  @app.post("/api/estimate", summary="The cost of a job before it is queued (nothing is stored)",
+            description="The same multipart form as `POST /api/jobs`. Returns the compiled step's peak memory "
+                        "(XLA's memory analysis), the free memory, the largest max_size that fits, and the "
+                        "time per step and for the run from a few timed steps (docs/tiles-and-cost.md).")
+  async def estimate(request: Request):
+    try:
+      job = await _estimate_job(request, limits)
+    except SubmitError as e:
+      raise HTTPException(e.status, str(e)) from None
+    try:
+      return await run_in_threadpool(estimator.estimate, job)
+    except NstJaxError as e:
+      raise HTTPException(422, str(e)) from None
+
   _add_job_views(app, store, worker, owned, view, event_interval)
+
+
+class _Estimator:
+  """`cost.estimate` for the page, one at a time, on an engine of its own (the worker's runs jobs)."""
+
+  def __init__(self, worker: Worker):
+    self.worker, self.engine, self.lock = worker, None, threading.Lock()
+
+  def estimate(self, job) -> dict:
+    with self.lock:
+      if self.engine is None:
+        self.engine = engine_lib.Engine(self.worker.engine.raw_weights)
+      return cost.estimate(self.engine, job).as_dict()
+
+
+async def _estimate_job(request: Request, limits: Limits):
+  """The engine job a submission would make (its inputs prepared as the worker prepares them)."""
+  try:
+    form = await request.form()
+  except Exception:
+    raise SubmitError(422, "expected a multipart form with the files content and style") from None
+  files, fields = submit_lib.split_form(form.multi_items())
+  uploads = [files[name] for name in submit_lib.FILE_FIELDS if name in files]
+  _, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
+  images = []
+  for upload, what in zip(uploads, ("content image", "style image", "second style image")):
+    data = await upload.read()
+    images.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
+  try:
+    photo, _ = inputs.prepare_content(images[0], int(config.max_size))
+  except NstJaxError as e:
+    raise SubmitError(422, str(e)) from None
+  styles = [image_io.resize_longest(style, inputs.style_size(config)) for style in images[1:]]
+  return engine_lib.Job(content=photo, styles=styles, config=config, name="")
 
 
 async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict:

@@ -141,13 +141,7 @@ function showPresetValues(name) {
   $("opt-optimizer").value = p.optimizer || "adam";
 }
 
-async function submitJob(event) {
-  event.preventDefault();
-  $("form-error").textContent = "";
-  if (!state.files.content || !state.files.style) {
-    $("form-error").textContent = "Choose a photo and a painting first.";
-    return;
-  }
+function formData() {
   const data = new FormData();
   data.append("content", state.files.content, state.files.content.name);
   data.append("style", state.files.style, state.files.style.name);
@@ -173,6 +167,38 @@ async function submitJob(event) {
     if (value !== "") data.append(key, value);
   });
   if ($("advanced").open) data.append("optimizer", $("opt-optimizer").value);
+  if ($("opt-tile").checked) data.append("tile", "true");
+  return data;
+}
+
+async function estimateJob() {
+  $("form-error").textContent = "";
+  if (!state.files.content || !state.files.style) {
+    $("form-error").textContent = "Choose a photo and a painting first.";
+    return;
+  }
+  $("estimate").disabled = true;
+  $("estimate-text").textContent = "Compiling and timing a few steps...";
+  try {
+    const cost = await api("/api/estimate", { method: "POST", body: formData() });
+    $("estimate-text").textContent = cost.lines.join("\n") +
+      (cost.fits ? "" : "\nDoes not fit the free memory" + (cost.max_size ? ": try size " + cost.max_size : ""));
+  } catch (e) {
+    $("estimate-text").textContent = "";
+    $("form-error").textContent = e.message;
+  } finally {
+    $("estimate").disabled = false;
+  }
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  $("form-error").textContent = "";
+  if (!state.files.content || !state.files.style) {
+    $("form-error").textContent = "Choose a photo and a painting first.";
+    return;
+  }
+  const data = formData();
   $("submit").disabled = true;
   try {
     const job = await api("/api/jobs", { method: "POST", body: data });
@@ -367,6 +393,7 @@ async function init() {
   $("style2-clear").addEventListener("click", clearSecondPainting);
   $("opt-region").addEventListener("change", showRegionOptions);
   $("job-form").addEventListener("submit", submitJob);
+  $("estimate").addEventListener("click", estimateJob);
   $("cancel-button").addEventListener("click", cancelJob);
   await refreshHistory();
   const active = document.querySelector("#jobs li");

@@ -2,7 +2,7 @@
 neighbouring columns (rows) inside, on a real photo, with and without `tile`.
 
     python scripts/tile_seams.py --content /work/shared/data/content/chelsea.png \
-        --style /work/shared/data/styles/starry_night.jpg --max_size 128 --steps 100 [--weights random]
+        --style /work/shared/data/styles/starry_night.jpg --max_size 96 --steps 60 [--init noise] [--weights random]
 
 Prints one row per run: the seam's difference (last column vs first, last row vs first) and the mean and
 95th percentile of the differences between neighbouring columns (rows) inside the picture.
@@ -22,6 +22,8 @@ flags.DEFINE_string("style", "/work/shared/data/styles/starry_night.jpg", "Paint
 flags.DEFINE_integer("max_size", 128, "Output longest side.")
 flags.DEFINE_integer("steps", 100, "Adam steps.")
 flags.DEFINE_string("weights", "random", "VGG19 weights (a file, or 'random').")
+flags.DEFINE_string("init", "content", "Starting image (the photo keeps its own seam where the content loss holds "
+                    "it; noise shows what the loss alone does).")
 
 
 def seam_figures(image: np.ndarray) -> dict:
@@ -39,14 +41,15 @@ def main(argv):
   from nst_jax import image_io, inputs, optimize, settings, weights as weights_lib
   weights = weights_lib.load_vgg19(FLAGS.weights)
   print(f"photo {os.path.basename(FLAGS.content)}, style {os.path.basename(FLAGS.style)}, max_size "
-        f"{FLAGS.max_size}, {FLAGS.steps} Adam steps, weights {weights.source}; load {os.getloadavg()[0]:.1f}")
+        f"{FLAGS.max_size}, {FLAGS.steps} Adam steps from {FLAGS.init}, weights {weights.source}; "
+        f"load {os.getloadavg()[0]:.1f}")
   photo = image_io.load_image(FLAGS.content, FLAGS.max_size)
   print(f"{'run':<10} {'axis':<8} {'seam':>8} {'inside':>8} {'inside p95':>10}")
   for name, figures in (("photo", seam_figures(photo)),):
     for axis, (seam, inside, p95) in figures.items():
       print(f"{name:<10} {axis:<8} {seam:8.4f} {inside:8.4f} {p95:10.4f}")
   for tile in (False, True):
-    config = settings.resolve({"max_size": FLAGS.max_size, "steps": FLAGS.steps, "tile": tile})
+    config = settings.resolve({"max_size": FLAGS.max_size, "steps": FLAGS.steps, "tile": tile, "init": FLAGS.init})
     job, _ = inputs.load_job(FLAGS.content, [FLAGS.style], config)
     begin = time.perf_counter()
     image = optimize.stylize(job.content, job.styles, config, weights=weights)

@@ -187,8 +187,9 @@ def _probe_job(job: engine.Job, shape: tuple[int, int], remat: bool) -> engine.J
   """The job as one stage at `shape` (its content resized), with the remat of the stage it stands for."""
   config = ml_collections.ConfigDict(job.config.to_dict())
   config.scale_start, config.remat, config.remat_above_pixels = 0, remat, 0
-  return engine.Job(content=image_io.resize(np.asarray(job.content, np.float32), shape), styles=job.styles,
-                    config=config)
+  # Regions (spatial control) come along: the engine resizes them per stage, and they shape the targets.
+  return dataclasses.replace(job, content=image_io.resize(np.asarray(job.content, np.float32), shape),
+                             config=config, name="", checkpoint_dir=None)
 
 
 def probe(eng: engine.Engine, job: engine.Job, shape: tuple[int, int], *, remat: bool, batch: int = 1,
@@ -256,7 +257,7 @@ def preflight(eng: engine.Engine, jobs: Sequence[engine.Job], *, force: bool = F
   groups: dict[tuple, list[engine.Job]] = {}
   for job in jobs:
     last = engine.plan(job.config, np.shape(job.content))[-1]
-    key = (last.shape, last.remat, tuple(sorted(settings.static_key(job.config))))
+    key = (last.shape, last.remat, settings.static_key(job.config), job.num_regions)
     groups.setdefault(key, []).append(job)
   estimates = []
   for group in groups.values():

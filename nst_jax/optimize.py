@@ -36,6 +36,7 @@ class LossSpec:
   pooling: str = struct.field(pytree_node=False, default="max")
   remat: bool = struct.field(pytree_node=False, default=False)
   tile: bool = struct.field(pytree_node=False, default=False)  # Circular padding and wrapped TV.
+  loss_normalization: str = struct.field(pytree_node=False, default="gatys")
 
   @property
   def style_layers(self) -> tuple[str, ...]:
@@ -102,9 +103,13 @@ def loss_spec_from_config(config: ml_collections.ConfigDict) -> LossSpec:
     raise NstJaxError(f"unknown tv_kind {config.tv_kind!r}; expected one of {losses.TV_KINDS}")
   if config.pooling not in vgg.POOLING_KINDS:
     raise NstJaxError(f"unknown pooling {config.pooling!r}; expected one of {vgg.POOLING_KINDS}")
+  if config.loss_normalization not in losses.NORMALIZATIONS:
+    raise NstJaxError(f"unknown loss_normalization {config.loss_normalization!r}; expected one of "
+                      f"{losses.NORMALIZATIONS}")
   return LossSpec(content_layers=content_layers, style_layer_weights=tuple(zip(style_layers, layer_weights)),
                   tv_kind=config.tv_kind, pooling=config.pooling, remat=bool(config.get("remat", False)),
-                  tile=bool(config.get("tile", False)))
+                  tile=bool(config.get("tile", False)),
+                  loss_normalization=config.loss_normalization)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -241,19 +246,23 @@ def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
   """`loss_fn(image [H, W, 3], targets, weights) -> (total, {'total', 'content', 'style', 'tv'})`."""
 
   def loss_fn(image, targets: Targets, weights: vgg.VGGWeights):
+    norm = spec.loss_normalization
     features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat,
                                     circular=spec.tile)
     content_masks = targets.content_masks or {}
     content = sum(losses.content_loss(features=features[name], target=targets.content_features[name],
-                                      weight=content_masks.get(name)) for name in spec.content_layers)
+                                      weight=content_masks.get(name), normalization=norm)
+                  for name in spec.content_layers)
+    if norm != "gatys":
+      content = content / len(spec.content_layers)  # Averaged over content layers (losses.content_layers_loss).
     if targets.style_masks is None:
       style = losses.style_loss(features=features, target_grams=targets.style_grams,
-                                layer_weights=dict(spec.style_layer_weights))
+                                layer_weights=dict(spec.style_layer_weights), normalization=norm)
     else:
       style = losses.region_style_loss(features=features, target_grams=targets.style_grams,
                                        masks=targets.style_masks, region_weights=targets.region_weights,
-                                       layer_weights=dict(spec.style_layer_weights))
-    tv = losses.total_variation_loss(image, kind=spec.tv_kind, wrap=spec.tile)
+                                       layer_weights=dict(spec.style_layer_weights), normalization=norm)
+    tv = losses.total_variation_loss(image, kind=spec.tv_kind, wrap=spec.tile, normalization=norm)
     total = losses.total_loss(content=content, style=style, tv=tv, content_weight=targets.content_weight,
                               style_weight=targets.style_weight, tv_weight=targets.tv_weight)
     return total, {"total": total, "content": content, "style": style, "tv": tv}

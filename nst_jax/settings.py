@@ -65,6 +65,9 @@ SETTINGS: tuple[Setting, ...] = (
             "covers the photo (larger keeps it more strictly; docs/spatial-control.md)"),
     Setting("tv_kind", "str", "total variation: squared (l2) or absolute (l1) neighbour differences",
             losses.TV_KINDS),
+    Setting("loss_normalization", "str", "how each loss term is scaled: Gatys et al.'s formulas, the TensorFlow "
+            "tutorial's means (the report's), or each term relative to its target (the same weights mean the "
+            "same for every painting, size and VGG)", losses.NORMALIZATIONS),
     Setting("content_layers", "names", "VGG19 layers of the content loss"),
     Setting("style_layers", "names", "VGG19 layers of the style loss"),
     Setting("style_layer_weights", "floats", "weight per style layer; empty = equal (1/L)"),
@@ -94,8 +97,8 @@ NAMES: tuple[str, ...] = tuple(BY_NAME)
 
 # Compiled into the step program: jobs share a batch only when these agree (and the image shape).
 STATIC = ("optimizer", "lr", "adam_b1", "adam_eps", "sgd_momentum", "lbfgs_memory", "lbfgs_linesearch_steps",
-          "lbfgs_initial_guess", "lbfgs_precondition", "tv_kind", "content_layers", "style_layers",
-          "style_layer_weights", "pooling", "tile")
+          "lbfgs_initial_guess", "lbfgs_precondition", "tv_kind", "loss_normalization", "content_layers",
+          "style_layers", "style_layer_weights", "pooling", "tile")
 
 # Inputs that are not settings but that every front end may give next to them.
 SHORTHANDS = {

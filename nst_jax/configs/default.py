@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   # effect without regions.
   config.outside_content_weight = 10.0
   config.tv_kind = "l2"
+  # How each loss term is normalised (nst_jax/losses.py): gatys (Gatys et al. 2016) | mean (the TensorFlow
+  # tutorial's, the report's Table 1) | invariant (each term divided by its target's squared norm, TV a mean:
+  # the weights mean the same for every painting, size and set of VGG weights).
+  config.loss_normalization = "gatys"
   config.content_layers = CONTENT_LAYERS
   config.style_layers = STYLE_LAYERS
   # Per style layer weights w_l; None = equal weights 1/L.

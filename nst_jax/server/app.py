@@ -236,8 +236,10 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
 
   @app.get("/api/config", summary="Presets, settings, limits and defaults for the page")
   def get_config():
+    # A preset whose own step count is over this server's limit (the report's 10,000 steps) is no page card.
+    fits = lambda name: presets.get_preset(name).get("steps", 0) <= limits.max_steps
     return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name, ""), **presets.get_preset(name)}
-                        for name in presets.ALL_PRESETS},
+                        for name in presets.ALL_PRESETS if fits(name)},
             "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, limits.max_size),
             "default_steps": min(DEFAULT_STEPS, limits.max_steps), "max_size": limits.max_size,
             "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),

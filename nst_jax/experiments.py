@@ -127,7 +127,7 @@ SHOW_PROGRESS = True
 
 def make_job(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray], config: ml_collections.ConfigDict,
              name: str = "", **overrides) -> engine.Job:
-  """An engine `Job` whose config is a copy of `config` with `overrides` (e.g. style_weight=1e5) set as
+  """An engine `Job` whose config is a copy of `config` with `overrides` (e.g. style_weight=30) set as
   given (`lr=None` resets the learning rate to the optimizer's default); the engine validates it."""
   config = ml_collections.ConfigDict(config.to_dict())
   for key, value in overrides.items():

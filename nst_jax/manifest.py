@@ -2,7 +2,7 @@
 
     content,style,output,style_weight,steps,style_blend_weights
     photos/a.jpg,paintings/starry.jpg,out/a_starry.png,,,
-    photos/b.jpg,paintings/starry.jpg;paintings/scream.jpg,out/b_blend.png,1e5,300,3;1
+    photos/b.jpg,paintings/starry.jpg;paintings/scream.jpg,out/b_blend.png,30,300,3;1
 
 Columns: `content`, `style`, `output`, and any setting by its name (`settings.NAMES`, the same names as the
 `nst-jax` flags, see docs/settings.md) or shorthand (`preset`, `scales`, ...). A row's settings are the

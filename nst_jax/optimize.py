@@ -8,6 +8,7 @@ outside the state and are passed, not closed over, so they are not baked into th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -237,6 +238,31 @@ def targets_from_config(weights: vgg.VGGWeights, config: ml_collections.ConfigDi
                       tv_weight=config.tv_weight, style_blend_weights=style_blend_weights, regions=regions,
                       region_sources=region_sources,
                       outside_content_weight=float(config.get("outside_content_weight", 10.0)))
+
+
+def relative_residuals(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, content, styles, image,
+                       style_blend_weights=None) -> dict[str, float]:
+  """How far `image` is from its targets, whatever the run's normalisation: content `||F - P||^2 / ||P||^2`
+  (averaged over content layers) and style `sum_l w_l ||G_l - A_l||^2 / ||A_l||^2` (the invariant terms).
+
+  `content`, `styles` and `image` at the output's scale (styles as the engine resizes them); a measure for
+  comparing looks across paintings, sizes and normalisations (scripts/sweep_looks.py, measure_consistency.py).
+  """
+  spec = dataclasses.replace(loss_spec_from_config(config), loss_normalization="invariant")
+  targets = make_targets(weights, spec, content, styles, content_weight=1.0, style_weight=1.0, tv_weight=0.0,
+                         style_blend_weights=style_blend_weights)
+  metrics = _evaluate(spec)(jnp.asarray(image, jnp.float32), targets, weights)
+  return {"content": float(metrics["content"]), "style": float(metrics["style"])}
+
+
+_EVALUATE: dict = {}
+
+
+def _evaluate(spec: LossSpec):
+  if spec not in _EVALUATE:
+    loss_fn = make_loss_fn(spec)
+    _EVALUATE[spec] = jax.jit(lambda image, targets, weights: loss_fn(image, targets, weights)[1])
+  return _EVALUATE[spec]
 
 
 # ---- loss, optimizer, step ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ a web/API form field and a preset key. Every front end hands what the user gave 
 a CSV cell or a form field) to `resolve`, which is the only place that applies presets and shorthands,
 parses, and validates:
 
-    config = settings.resolve({"preset": "quality", "style_weight": "3e4", "scales": "128,1.414,40"})
+    config = settings.resolve({"preset": "quality", "style_weight": "30", "scales": "128,1.414,40"})
 
 Empty values (`None`, `""`) keep the default or the preset's value, so an empty manifest cell or form field
 means "not given". An unknown name or a bad value raises `NstJaxError` naming it.
@@ -221,8 +221,10 @@ def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None =
   config = ml_collections.ConfigDict((base or default.get_config()).to_dict())
   if "preset" in given:
     presets.apply_preset(config, str(given["preset"]).strip(), keep=tuple(explicit))
+  look = presets.current_look(config)
   for name, value in explicit.items():
     config[name] = value
+  presets.retarget_look(config, look, keep=tuple(explicit))  # A look's weights under the chosen normalisation.
   validate(config, num_styles)
   return config
 

@@ -237,8 +237,10 @@ def test_invariant_gives_the_same_picture_with_rescaled_vgg_layers_and_gatys_doe
   """Each conv layer multiplied by a factor in [0.1, 10] (activations by the product so far): the same picture
   within 1/255 under invariant, for each look; under gatys the loss terms move by orders of magnitude."""
   rescaled = vgg_normalize.rescale_layers(random_weights, vgg_normalize.random_factors(0))
+  photo = make_image(32, 32, seed=3)
   for look in presets.PRESETS:
     a, b = (_stylize_small(w, "invariant", look) for w in (random_weights, rescaled))
     assert np.max(np.abs(a - b)) <= 1 / 255, look
+    assert np.mean(np.abs(a - photo)) > 5 / 255, look  # The picture did move.
   a, b = (_stylize_small(w, "gatys", presets.DEFAULT_PRESET) for w in (random_weights, rescaled))
   assert np.mean(np.abs(a - b)) > 5 / 255

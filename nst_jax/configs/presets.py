@@ -2,9 +2,10 @@
 
     nst-jax --content photo.jpg --style painting.jpg --output out.png --preset painterly
 
-Explicit flags win over the preset (`--preset painterly --style_weight 3e4` uses 3e4). The three presets
-are points of the report's weight-ratio sweep (alpha/beta = 20x, 1x and 1/20x the default 1 : 1e4; see
-`scripts/experiments.py --experiment ratios`); `scripts/experiments.py --experiment presets` renders them.
+Explicit flags win over the preset (`--preset painterly --style_weight 100` uses 100). The three looks are
+weights of the default `invariant` loss normalisation, where they mean the same for every painting, size
+and set of VGG weights; under `--loss_normalization gatys` the same names give the old looks
+(`GATYS_LOOKS`, `settings.resolve` picks them). `scripts/experiments.py --experiment presets` renders them.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ GATYS_LOOKS: dict[str, dict] = {
     "painterly": {"content_weight": 1.0, "style_weight": 2e5, "tv_weight": 1e-3},
 }
 
+# The looks under loss_normalization='invariant' (the default), from the ratio sweep of
+# scripts/measure_looks.py (docs/quality-and-speed.md): style weights 10x apart. TV 1e-3 of a mean is as
+# light as the old looks' (their 1e-3 of a sum was about 1e-7 of a mean relative to the content term).
 PRESETS: dict[str, dict] = {
-    # Keeps the photo recognisable: style at 1/20 of the default strength, a little more smoothing.
-    "faithful": {"content_weight": 1.0, "style_weight": 5e2, "tv_weight": 1e-3},
-    # The default balance.
-    "balanced": {"content_weight": 1.0, "style_weight": 1e4, "tv_weight": 1e-3},
-    # Lets the painting take over: style at 20x the default strength.
-    "painterly": {"content_weight": 1.0, "style_weight": 2e5, "tv_weight": 1e-3},
+    # Keeps the photo recognisable: a light touch of the painting.
+    "faithful": {"content_weight": 1.0, "style_weight": 0.3, "tv_weight": 1e-3},
+    # The default: the weighted content and style terms end about equal.
+    "balanced": {"content_weight": 1.0, "style_weight": 3.0, "tv_weight": 1e-3},
+    # Lets the painting take over: its style residual at the floor the steps allow.
+    "painterly": {"content_weight": 1.0, "style_weight": 30.0, "tv_weight": 1e-3},
 }
 
 DEFAULT_PRESET = "balanced"

@@ -89,7 +89,7 @@ def run_jax(npz: str, size: int) -> dict:
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
     # Adam: one evaluation; L-BFGS: the line search's (the value at the current point comes from the state).
-    evaluations += int(optax.tree_utils.tree_get(state.opt_state, "num_linesearch_steps")) if \
+    evaluations += int(np.asarray(optax.tree_utils.tree_get(state.opt_state, "num_linesearch_steps"))[0]) if \
         stylizer.linesearch else 1
   final = float(stylizer.evaluate(state.image, targets, weights)["total"][0])
   return {"compile_s": compile_s, "first_step_s": first_step, "step_s": sum(times) / len(times),

@@ -47,6 +47,7 @@ flags.DEFINE_integer("max_size", 128, "Output size (longest side).")
 flags.DEFINE_list("sizes", ["256", "512"], "sizes: preview and render sizes.")
 flags.DEFINE_integer("steps", 200, "Adam steps per picture.")
 flags.DEFINE_string("weights", "random", "VGG19 weights (random = seed 0).")
+flags.DEFINE_boolean("control", False, "invariance: also a rounding-sized rescaling (1 + 2^-20 per layer).")
 
 
 def _load():
@@ -148,15 +149,21 @@ def sizes(weights) -> None:
 
 
 def invariance(weights) -> None:
-  rescaled = vgg_normalize.rescale_layers(weights, vgg_normalize.random_factors(0))
+  """Original vs rescaled VGG (factors in [0.1, 10]); with --control, also vs a VGG whose every layer is
+  multiplied by 1 + 2^-20 (a rounding-sized change): how far float32 rounding alone moves the path."""
+  nets = {"rescaled": vgg_normalize.rescale_layers(weights, vgg_normalize.random_factors(0))}
+  if FLAGS.control:
+    nets["control (1 + 2^-20)"] = vgg_normalize.rescale_layers(
+        weights, {conv: 1.0 + 2.0**-20 for conv in vgg_normalize.vgg.CONV_LAYERS})
   for content, style in pairs():
     for look in FLAGS.looks:
       for norm in FLAGS.normalization:
         job = make_job(content, style, look_settings(look, norm), FLAGS.max_size)
-        a, b = run([job], weights)[0], run([job], rescaled)[0]
-        d = np.abs(a - b)
-        print(f"{stem(content)}+{stem(style)} {look} {norm}: max |original - rescaled| {d.max() * 255:.3g}/255, "
-              f"mean {d.mean() * 255:.3g}/255", flush=True)
+        a = run([job], weights)[0]
+        for name, net in nets.items():
+          d = np.abs(a - run([job], net)[0])
+          print(f"{stem(content)}+{stem(style)} {look} {norm}: max |original - {name}| {d.max() * 255:.3g}/255, "
+                f"mean {d.mean() * 255:.3g}/255", flush=True)
 
 
 def convert(weights) -> None:

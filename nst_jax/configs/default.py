@@ -23,10 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = "adam"
   config.lr = ml_collections.FieldReference(None, field_type=float)
   config.adam_b1 = 0.99
-  # 1e-6: far below the invariant losses' gradients (rms ~2e-2 per pixel at 128 px, ~1.5e-3 at 512 px, ~1e-4 at
-  # 2048 px), so Adam steps alike at every size and loss scale; the report's 0.1 (`--preset report`) would slow
-  # it 10-100x there. Not 1e-8: pixels with a near-zero gradient would then take full steps on rounding noise.
-  config.adam_eps = 1e-6
+  # 1e-8 (optax's): far below the invariant losses' gradients (rms ~7e-4 per pixel at 128 px for the balanced
+  # look, ~5e-5 at 512 px, ~3e-6 at 2048 px), so Adam steps alike at every size and loss scale, as it did
+  # under gatys (gradients ~1e7 vs eps 0.1); the report's 0.1 (`--preset report`) would stall it here.
+  config.adam_eps = 1e-8
   config.sgd_momentum = 0.0
   config.lbfgs_memory = 10
   # L-BFGS zoom line search: most evaluations per iteration, first trial step ('one' or 'keep').

@@ -74,7 +74,8 @@ def test_rows_take_flags_as_defaults_and_report_bad_values(tmp_path):
   assert "steps" in rows[2].error and "integer" in rows[2].error
   assert "nowhere.png" in rows[3].error
   assert "row 1" in rows[4].error  # The same output twice.
-  assert rows[5].job.config.steps == 4 and rows[5].job.config.style_weight == default.get_config().style_weight  # Empty: flags, defaults.
+  # Empty cells: the flags, then the defaults.
+  assert rows[5].job.config.steps == 4 and rows[5].job.config.style_weight == default.get_config().style_weight
 
 
 def test_any_setting_name_is_a_column_and_unknown_columns_are_named(tmp_path):

@@ -119,7 +119,10 @@ def run(npz_path: str, size: int, steps: int, optimizer: str, *, content_layers=
   else:
     raise ValueError(f"unknown optimizer {optimizer!r}")
 
+  evaluations = [0]
+
   def closure():
+    evaluations[0] += 1
     opt.zero_grad()
     loss = loss_fn(image)
     loss.backward()
@@ -134,11 +137,16 @@ def run(npz_path: str, size: int, steps: int, optimizer: str, *, content_layers=
   step()
   first_step = time.perf_counter() - start
   times = []
+  evaluations[0] = 0
   for _ in range(steps):
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
+  evals_per_step = evaluations[0] / steps
   with torch.no_grad():
     final = float(loss_fn(image))
+  # LBFGS(max_iter=1) per step evaluates the loss at the current point again (its first closure call) and at
+  # least once in the line search: >= 2 evaluations per step, where optax reuses the last line search's.
   return {"first_step_s": first_step, "step_s": float(np.mean(times)), "step_min_s": float(np.min(times)),
+          "evals_per_step": evals_per_step, "eval_s": float(np.sum(times)) / max(evaluations[0], 1),
           "final_loss": final, "threads": torch.get_num_threads()}

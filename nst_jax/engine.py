@@ -12,6 +12,10 @@ loop. What a job's settings mean is decided here only:
 - **Colours, blends, style scale** are part of the job: `preserve_colors` prepares the images before the
   targets and finishes the result after the last stage (`nst_jax.color`); the styles, of any shapes, are
   resized by `style_scale` at every stage and blended by `style_blend_weights` into one Gram target.
+- **Regions** (spatial control, `nst_jax.regions`): a job may give one mask per painting (where it applies)
+  and one per painting (which part of it to take the style from); they are resized to every stage's shape
+  and painting, enter the targets as guided Gram matrices and are part of the job's digest. The number of
+  regions is part of the bucket key (it shapes the targets).
 - **Buckets**: items (a job at one of its stages) whose compiled program is the same (`settings.STATIC`,
   the image shape, remat) run together in one vmapped step, sharded over the mesh, at most `max_batch` at a
   time. Each item has its own step budget: the step keeps an item's state once `state.step >= budget`
@@ -38,11 +42,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from nst_jax import batch as mesh_lib, checkpoint, color, image_io, optimize, rundir, settings, vgg
+from nst_jax import batch as mesh_lib, checkpoint, color, image_io, optimize, rundir, settings, tiles, vgg
+from nst_jax import regions as regions_lib
 from nst_jax.errors import NstJaxError
 
 PyTree = Any
 CHECKPOINT_VERSION = 2
+TILE_STRIDE = 16  # VGG19's total stride before block 5: a tile's sides wrap exactly at every layer above it.
 
 
 class Stage(NamedTuple):
@@ -91,16 +97,24 @@ def plan(config: ml_collections.ConfigDict, content_shape: Sequence[int]) -> lis
 
 def plan_notes(config: ml_collections.ConfigDict, content_shape: Sequence[int]) -> list[str]:
   """What the plan does that a user might not expect (front ends print these as `note:` lines)."""
+  notes = []
   longest = max(content_shape[:2])
   if 0 < int(config.scale_start) >= longest:
-    return [f"scale_start {config.scale_start} is not below the output's longest side {longest}: one scale "
-            f"(coarse-to-fine off)"]
-  return []
+    notes.append(f"scale_start {config.scale_start} is not below the output's longest side {longest}: one "
+                 f"scale (coarse-to-fine off)")
+  height, width = content_shape[:2]
+  if config.get("tile") and (height % TILE_STRIDE or width % TILE_STRIDE):
+    notes.append(f"tile: {width}x{height} is not a multiple of {TILE_STRIDE} px on both sides; the output "
+                 f"still wraps around, but VGG pooling drops an edge row or column in deep layers there "
+                 f"(see docs/tiles-and-cost.md)")
+  return notes
 
 
-def carry_opt_state(old: PyTree, new: PyTree, old_shape: tuple, new_shape: tuple) -> PyTree:
+def carry_opt_state(old: PyTree, new: PyTree, old_shape: tuple, new_shape: tuple, *,
+                    wrap: bool = False) -> PyTree:
   """Moves a first-order optimizer state to a new image shape: image-shaped leaves are resized
   (bilinear, which keeps second moments non-negative), other leaves (step counts) are kept from `old`.
+  `wrap`: the leaves are periodic (a seamless tile), so the filter wraps around their borders.
 
   L-BFGS is not carried: its curvature pairs (s, y) were measured on the previous scale's problem and
   would not satisfy the secant condition of the new one, so it starts afresh at each stage.
@@ -109,6 +123,10 @@ def carry_opt_state(old: PyTree, new: PyTree, old_shape: tuple, new_shape: tuple
   def move(old_leaf, new_leaf):
     old_leaf, new_leaf = jax.numpy.asarray(old_leaf), jax.numpy.asarray(new_leaf)
     if old_leaf.shape == tuple(old_shape) and new_leaf.shape == tuple(new_shape):
+      if wrap:  # The middle of a 3 x 3 mosaic, as `tiles.resize_wrapped`.
+        (h, w), rest = new_shape[:2], tuple(new_shape[2:])
+        big = jax.numpy.tile(old_leaf, (3, 3) + (1,) * len(rest))
+        return jax.image.resize(big, (3 * h, 3 * w) + rest, "linear")[h:2 * h, w:2 * w].astype(new_leaf.dtype)
       return jax.image.resize(old_leaf, new_shape, "linear").astype(new_leaf.dtype)
     if old_leaf.shape == new_leaf.shape:
       return old_leaf
@@ -146,6 +164,10 @@ class Job:
     config: the settings (`settings.resolve`); validated again by the engine.
     name: a label for progress and logs (e.g. the output path).
     checkpoint_dir: where the job's checkpoints live (None: none); the job resumes from the newest one.
+    regions: spatial control (None: off): one mask per style, float `[H, W]` in [0, 1] (or an RGB image,
+      converted to grey) of the photo's aspect ratio, any size; white = where that painting applies.
+    region_sources: None, or one mask per style (None entries allowed) of that painting's aspect ratio:
+      which part of the painting its style is taken from (None = all of it). Needs `regions`.
     init_image: the first stage's starting image `[H, W, 3]` at the output size (resized to the stage) in
       place of `config.init`, in the space the optimisation sees (`color.prepare`); e.g. a video frame
       starts from the warped previous output.
@@ -158,8 +180,14 @@ class Job:
   config: ml_collections.ConfigDict
   name: str = ""
   checkpoint_dir: str | None = None
+  regions: Sequence[np.ndarray] | None = None
+  region_sources: Sequence[np.ndarray | None] | None = None
   init_image: np.ndarray | None = None
   extra_targets: dict | None = None
+
+  @property
+  def num_regions(self) -> int:
+    return 0 if self.regions is None else len(self.regions)
 
 
 @dataclasses.dataclass
@@ -183,6 +211,10 @@ def job_digest(job: Job, weights: vgg.VGGWeights) -> tuple[dict, str]:
   """`(identity, hash)`: everything that decides the job's image at a given step (`rundir.identity`)."""
   ident = rundir.identity(job.config, weights_source=weights.source, weights_sha256=weights.sha256,
                           content=job.content, styles=list(job.styles))
+  if job.regions is not None:  # Only with regions, so that the digests of other jobs stay what they were.
+    ident["regions"] = [rundir.array_digest(np.asarray(r, np.float32)) for r in job.regions]
+    ident["region_sources"] = None if job.region_sources is None else [
+        None if r is None else rundir.array_digest(np.asarray(r, np.float32)) for r in job.region_sources]
   # Video-only settings act through `init_image` and `extra_targets` (below); pictures' digests ignore them.
   ident["settings"] = {k: v for k, v in ident["settings"].items() if k not in settings.VIDEO_ONLY}
   if job.init_image is not None:
@@ -231,6 +263,8 @@ class JobRun:
     self.content, self.styles = color.prepare(self.photo, as_style_list(job.styles), job.config.preserve_colors)
     _check_extras(job, self.photo.shape)
     self.loss_extras = loss_extras(job)
+    self.regions, self.region_sources = regions_lib.check(job.regions, job.region_sources, self.photo.shape,
+                                                          [s.shape for s in self.styles])
     self.stages = plan(job.config, self.photo.shape)
     self.offsets = np.concatenate([[0], np.cumsum([s.steps for s in self.stages])]).astype(int).tolist()
     self.total_steps = self.offsets[-1]
@@ -328,13 +362,16 @@ class Engine:
 
   @staticmethod
   def bucket_key(run: JobRun) -> tuple:
-    """Items with equal keys share one compiled program: stage shape, static settings, remat, loss extras."""
-    return (run.stage.shape, settings.static_key(run.config), run.stage.remat) + run.loss_extras
+    """Items with equal keys share one compiled program: stage shape, static settings, remat, regions,
+    loss extras."""
+    return (run.stage.shape, settings.static_key(run.config), run.stage.remat,
+            run.job.num_regions) + run.loss_extras
 
   def job_bucket_key(self, job: Job) -> tuple:
     """The bucket of a job's first stage (how the server groups queued jobs before running them)."""
     stages = plan(job.config, np.shape(job.content))
-    return (stages[0].shape, settings.static_key(job.config), stages[0].remat) + loss_extras(job)
+    return (stages[0].shape, settings.static_key(job.config), stages[0].remat,
+            job.num_regions) + loss_extras(job)
 
   # ---- running -----------------------------------------------------------------------------------------------
 
@@ -392,24 +429,34 @@ class Engine:
     stage = run.stage
     config = run.config
     stylizer = self._stylizer_of(run)
-    content = image_io.resize(run.content, stage.shape)
+    resize = tiles.resize_wrapped if config.tile else image_io.resize  # A tile's filters wrap around.
+    content = resize(run.content, stage.shape)
     styles = [resize_style(s, stage.shape, float(config.style_scale)) for s in run.styles]
+    regions = sources = None
+    if run.regions is not None:
+      regions = [regions_lib.resize_mask(r, stage.shape) for r in run.regions]
+      if run.region_sources is not None:
+        sources = [None if r is None else regions_lib.resize_mask(r, s.shape[:2])
+                   for r, s in zip(run.region_sources, styles)]
     run.targets = optimize.targets_from_config(self.raw_weights, config, content, styles,
-                                               config.style_blend_weights)
+                                               config.style_blend_weights, regions=regions, region_sources=sources)
     if run.job.extra_targets:
       run.targets = run.targets.replace(**{name: _resize_extra(value, run.photo.shape, stage.shape)
                                            for name, value in run.job.extra_targets.items()})
     if previous is None and run.job.init_image is not None:
-      start = image_io.resize(np.asarray(run.job.init_image, np.float32), stage.shape)
+      start = resize(np.asarray(run.job.init_image, np.float32), stage.shape)
+    elif previous is None and regions is not None:
+      start = optimize.region_init_image(config.init, content, styles, regions, seed=int(config.seed))
     elif previous is None:
       start = optimize.init_image(config.init, content, styles, seed=int(config.seed),
                                   style_blend_weights=config.style_blend_weights)
     else:
-      start = image_io.resize(np.asarray(jax.device_get(previous.image)), stage.shape)
+      start = resize(np.asarray(jax.device_get(previous.image)), stage.shape)
     state = optimize.init_state(start, stylizer.optimizer)
     if previous is not None and not stylizer.linesearch:
       state = state.replace(opt_state=carry_opt_state(previous.opt_state, state.opt_state,
-                                                      np.shape(previous.image), start.shape))
+                                                      np.shape(previous.image), start.shape,
+                                                      wrap=bool(config.tile)))
     run.state = state
     run.local_step = 0
     run.stage_begin = time.perf_counter()

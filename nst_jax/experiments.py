@@ -24,7 +24,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from nst_jax import engine, hooks as hooks_lib, image_io, optimize, settings as settings_lib, vgg
+from nst_jax import engine, hooks as hooks_lib, image_io, optimize, settings as settings_lib, tiles, vgg
 from nst_jax.configs import presets as presets_lib
 
 EXPERIMENTS = ("combinations", "optimizers", "ratios", "presets")
@@ -127,7 +127,7 @@ SHOW_PROGRESS = True
 
 def make_job(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray], config: ml_collections.ConfigDict,
              name: str = "", **overrides) -> engine.Job:
-  """An engine `Job` whose config is a copy of `config` with `overrides` (e.g. style_weight=1e5) set as
+  """An engine `Job` whose config is a copy of `config` with `overrides` (e.g. style_weight=30) set as
   given (`lr=None` resets the learning rate to the optimizer's default); the engine validates it."""
   config = ml_collections.ConfigDict(config.to_dict())
   for key, value in overrides.items():
@@ -160,6 +160,7 @@ def combinations(contents: dict[str, np.ndarray], styles: dict[str, np.ndarray],
   for (c, s), result in zip(pairs, results):
     filename = f"{c}__{s}.png"
     image_io.save_image(os.path.join(out_dir, filename), result.image)
+    tiles.write_preview(os.path.join(out_dir, filename), result.image, int(config.tile_preview))
     by_pair[c, s] = result.image
     table.append({"content": c, "style": s, "image": filename, **_losses(result), "seconds": result.seconds})
   grid = [[None] + [styles[s] for s in styles]]
@@ -223,6 +224,7 @@ def optimizers(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray], co
   for name, result in zip(names, results):
     filename = f"{name}.png"
     image_io.save_image(os.path.join(out_dir, filename), result.image)
+    tiles.write_preview(os.path.join(out_dir, filename), result.image, int(config.tile_preview))
     images.append(result.image)
     table.append({"optimizer": name, "lr": optimize.DEFAULT_LR[name], "image": filename, **_losses(result),
                   "seconds": result.seconds})
@@ -249,6 +251,7 @@ def _weight_sweep(content, style, config, weights, out_dir, *, settings: list[tu
   for (label, _), job, result in zip(settings, jobs, results):
     filename = f"{label.replace(' ', '_').replace(':', '-').replace('/', '-')}.png"
     image_io.save_image(os.path.join(out_dir, filename), result.image)
+    tiles.write_preview(os.path.join(out_dir, filename), result.image, int(config.tile_preview))
     images.append(result.image)
     table.append({"setting": label, "content_weight": float(job.config.content_weight),
                   "style_weight": float(job.config.style_weight), "tv_weight": float(job.config.tv_weight),

@@ -14,7 +14,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from nst_jax import engine, image_io
+from nst_jax import engine, image_io, regions
 from nst_jax.errors import NstJaxError
 
 
@@ -36,12 +36,37 @@ def style_size(config: ml_collections.ConfigDict) -> int:
   return max(image_io.MIN_SIZE, round(float(config.style_scale) * int(config.max_size)))
 
 
+def load_masks(paths: Sequence[str | None] | None, what: str, max_size: int) -> tuple[list | None, list[str]]:
+  """Mask files (`style_region` or `style_region_source`, one per style; a None entry stays None) -> float32
+  `[H, W]` arrays, and notes."""
+  if not paths:
+    return None, []
+  masks, notes = [], []
+  for i, path in enumerate(paths, start=1):
+    if path is None:
+      masks.append(None)
+      continue
+    mask, mask_notes = regions.load_mask(path, f"{what} {i}", max_size)
+    masks.append(mask)
+    notes += mask_notes
+  return masks, notes
+
+
 def load_job(content: str, styles: Sequence[str], config: ml_collections.ConfigDict, *, name: str = "",
-             checkpoint_dir: str | None = None) -> tuple[engine.Job, list[str]]:
-  """Reads the photo and paintings (paths or `skimage:NAME`) into a `Job`; returns `(job, notes)`."""
+             checkpoint_dir: str | None = None, style_regions: Sequence[str] | None = None,
+             style_region_sources: Sequence[str] | None = None) -> tuple[engine.Job, list[str]]:
+  """Reads the photo, paintings (paths or `skimage:NAME`) and region masks into a `Job`; returns `(job, notes)`.
+
+  `style_regions` / `style_region_sources`: one mask file per painting, or None (see `nst_jax.regions`);
+  masks are read at most at the photo's / painting's size and checked by the engine's rules here, so a bad
+  mask is an error before any work.
+  """
   if not styles:
     raise NstJaxError("at least one style image is needed")
   photo, notes = prepare_content(image_io.open_image(content), int(config.max_size))
   paintings = [image_io.load_image(path, style_size(config)) for path in styles]
-  return engine.Job(content=photo, styles=paintings, config=config, name=name,
-                    checkpoint_dir=checkpoint_dir), notes
+  masks, mask_notes = load_masks(style_regions, "style_region", int(config.max_size))
+  sources, source_notes = load_masks(style_region_sources, "style_region_source", style_size(config))
+  regions.check(masks, sources, photo.shape, [p.shape for p in paintings])
+  return engine.Job(content=photo, styles=paintings, config=config, name=name, checkpoint_dir=checkpoint_dir,
+                    regions=masks, region_sources=sources), notes + mask_notes + source_notes

@@ -2,14 +2,16 @@
 
     content,style,output,style_weight,steps,style_blend_weights
     photos/a.jpg,paintings/starry.jpg,out/a_starry.png,,,
-    photos/b.jpg,paintings/starry.jpg;paintings/scream.jpg,out/b_blend.png,1e5,300,3;1
+    photos/b.jpg,paintings/starry.jpg;paintings/scream.jpg,out/b_blend.png,30,300,3;1
 
 Columns: `content`, `style`, `output`, and any setting by its name (`settings.NAMES`, the same names as the
 `nst-jax` flags, see docs/settings.md) or shorthand (`preset`, `scales`, ...). A row's settings are the
 command line's (`flag_settings`) overridden by the row's non-empty cells, resolved by `settings.resolve`
 against the row's number of paintings; an empty cell keeps the command line's value, the preset's or the
 default. Relative paths are resolved against the manifest's folder. Several paintings in one cell are
-separated by `;` and blended by `style_blend_weights` (`3;1`, or a quoted `"3,1"`).
+separated by `;` and blended by `style_blend_weights` (`3;1`, or a quoted `"3,1"`). Optional columns
+`style_region` and `style_region_source` hold one mask per painting, `;`-separated in the same order
+(spatial control, docs/spatial-control.md).
 
 Rows are numbered from 1 (the first row after the header) in every message. A bad row gets `error` and is
 skipped; `run_rows` runs the others through the engine, each with its checkpoints in
@@ -25,10 +27,13 @@ import os
 import shutil
 from typing import Any, Iterable, Mapping
 
-from nst_jax import engine, image_io, inputs, settings
+from nst_jax import engine, image_io, inputs, settings, tiles
 from nst_jax.errors import NstJaxError
 
 REQUIRED_COLUMNS = ("content", "style", "output")
+# Optional file columns: region masks, one per painting of the row's style cell (`;`-separated, same order).
+MASK_COLUMNS = ("style_region", "style_region_source")
+FILE_COLUMNS = REQUIRED_COLUMNS + MASK_COLUMNS
 SETTING_COLUMNS = settings.NAMES + tuple(settings.SHORTHANDS)
 _EXTRA = None  # csv.DictReader's key for the cells beyond the header.
 _SCALE_FIELDS = ("scale_start", "scale_factor", "scale_steps")
@@ -49,6 +54,7 @@ class Row:
   skipped: bool = False
   notes: list[str] = dataclasses.field(default_factory=list)
   result: engine.Result | None = None
+  tile_preview: int = 0  # The row's own (rows that differ only in it share one job).
 
 
 def run_folder(manifest_path: str, workdir: str | None = None) -> str:
@@ -64,11 +70,11 @@ def _check_header(path: str, header: list[str]) -> None:
   if missing:
     raise NstJaxError(f"manifest {path} lacks column(s) {', '.join(missing)} (header: {','.join(header)})")
   for name in header:
-    if name not in REQUIRED_COLUMNS and name not in SETTING_COLUMNS:
+    if name not in FILE_COLUMNS and name not in SETTING_COLUMNS:
       close = difflib.get_close_matches(name, SETTING_COLUMNS, n=1)
       hint = f" (did you mean {close[0]!r}?)" if close else ""
       raise NstJaxError(f"manifest {path}: unknown column {name!r}{hint}; columns are content, style, output "
-                        f"and any setting name (see docs/settings.md)")
+                        f"style_region, style_region_source and any setting name (see docs/settings.md)")
 
 
 def read_rows(path: str) -> list[dict]:
@@ -151,13 +157,18 @@ def _load_row(row: Row, raw: dict, folder: str, flag_settings: Mapping[str, Any]
   styles = [_path(folder, p.strip()) for p in raw["style"].split(";") if p.strip()]
   if not styles:
     raise NstJaxError("empty style")
-  row_settings = {k: v for k, v in raw.items() if k not in REQUIRED_COLUMNS}
+  masks = {name: [_path(folder, p.strip()) for p in (raw.get(name) or "").split(";") if p.strip()] or None
+           for name in MASK_COLUMNS}
+  row_settings = {k: v for k, v in raw.items() if k not in FILE_COLUMNS}
   config = settings.resolve(merge_settings(flag_settings, row_settings), num_styles=len(styles))
-  job, notes = inputs.load_job(_path(folder, raw["content"]), styles, config, name=row.output)
+  job, notes = inputs.load_job(_path(folder, raw["content"]), styles, config, name=row.output,
+                               style_regions=masks["style_region"],
+                               style_region_sources=masks["style_region_source"])
   row.notes = notes + engine.plan_notes(config, job.content.shape)
   _make_folder(row.output)
   image_io.check_writable(row.output, overwrite=overwrite)
   row.job = job
+  row.tile_preview = int(config.tile_preview)
 
 
 def load_rows(path: str, flag_settings: Mapping[str, Any] | None = None, *, overwrite: bool = False,
@@ -216,6 +227,7 @@ class _Rows:
     for row in self.by_job[id(run.job)]:
       try:
         image_io.save_image(row.output, image)
+        tiles.write_preview(row.output, image, row.tile_preview)
       except NstJaxError as e:
         row.error = str(e)
       except OSError as e:

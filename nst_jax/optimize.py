@@ -8,6 +8,7 @@ outside the state and are passed, not closed over, so they are not baked into th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -35,6 +36,8 @@ class LossSpec:
   tv_kind: str = struct.field(pytree_node=False, default="l2")
   pooling: str = struct.field(pytree_node=False, default="max")
   remat: bool = struct.field(pytree_node=False, default=False)
+  tile: bool = struct.field(pytree_node=False, default=False)  # Circular padding and wrapped TV.
+  loss_normalization: str = struct.field(pytree_node=False, default="gatys")
   # Earlier frames the temporal loss pulls towards (video); 0 = no temporal term, the image loss exactly.
   temporal_frames: int = struct.field(pytree_node=False, default=0)
 
@@ -55,15 +58,23 @@ class Targets:
     content_features: `{layer: [h, w, C]}` of the content image.
     style_grams: `{layer: [C, C]}` style Gram matrices, rescaled to the output's number of positions.
     content_weight, style_weight, tv_weight: scalars alpha, beta, theta (per item, so sweeps batch).
+    style_masks: spatial control (None: none): `{layer: [R, h, w]}` each painting's region at the layer's
+      resolution; `style_grams` are then `{layer: [R, C, C]}`, one guided Gram per region.
+    region_weights: `[R]` weight of each region's style term (None without regions).
+    content_masks: `{layer: [h, w]}` per-position content weight (None: 1 everywhere).
     temporal_images, temporal_masks, temporal_weight: video only (None otherwise): earlier outputs warped
       into this frame `[K, H, W, 3]`, their reliability masks `[K, H, W]` (disjoint, nearer first) and the
       scalar weight of `losses.temporal_loss`; K = `LossSpec.temporal_frames`.
+  The number of regions and K are part of the tree's shapes: only jobs with equal R and K share a batch.
   """
   content_features: dict
   style_grams: dict
   content_weight: jax.Array
   style_weight: jax.Array
   tv_weight: jax.Array
+  style_masks: dict | None = None
+  region_weights: jax.Array | None = None
+  content_masks: dict | None = None
   temporal_images: jax.Array | None = None
   temporal_masks: jax.Array | None = None
   temporal_weight: jax.Array | None = None
@@ -102,9 +113,13 @@ def loss_spec_from_config(config: ml_collections.ConfigDict, *, temporal_frames:
     raise NstJaxError(f"unknown tv_kind {config.tv_kind!r}; expected one of {losses.TV_KINDS}")
   if config.pooling not in vgg.POOLING_KINDS:
     raise NstJaxError(f"unknown pooling {config.pooling!r}; expected one of {vgg.POOLING_KINDS}")
+  if config.loss_normalization not in losses.NORMALIZATIONS:
+    raise NstJaxError(f"unknown loss_normalization {config.loss_normalization!r}; expected one of "
+                      f"{losses.NORMALIZATIONS}")
   return LossSpec(content_layers=content_layers, style_layer_weights=tuple(zip(style_layers, layer_weights)),
                   tv_kind=config.tv_kind, pooling=config.pooling, remat=bool(config.get("remat", False)),
-                  temporal_frames=int(temporal_frames))
+                  tile=bool(config.get("tile", False)),
+                  loss_normalization=config.loss_normalization, temporal_frames=int(temporal_frames))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -127,29 +142,41 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 # ---- features and targets ----------------------------------------------------------------------------------
 
-_features = jax.jit(vgg.extract_features, static_argnames=("layers", "pooling", "remat"))
+_features = jax.jit(vgg.extract_features, static_argnames=("layers", "pooling", "remat", "circular"))
 
 
 def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.ArrayLike,
                  styles: Sequence[jax.typing.ArrayLike], *, content_weight: float, style_weight: float,
-                 tv_weight: float, style_blend_weights: Sequence[float] | None = None) -> Targets:
+                 tv_weight: float, style_blend_weights: Sequence[float] | None = None,
+                 regions: Sequence[jax.typing.ArrayLike] | None = None,
+                 region_sources: Sequence[jax.typing.ArrayLike | None] | None = None,
+                 outside_content_weight: float = 10.0) -> Targets:
   """Content features and (blended) style Gram matrices for an output the size of `content`.
 
   A style image of another size than the output gives a Gram matrix summed over a different number of
   positions; each is divided by its own M and multiplied by the output's M, so the style target does not
   depend on the style image's resolution. Several styles are blended with `style_blend_weights`
   (normalised to sum to 1; equal by default).
+
+  With `regions` (one mask `[H, W]` in [0, 1] per style, at the output's size) see `make_region_targets`.
   """
   content = jnp.asarray(content, jnp.float32)
-  content_features = _features(weights, content, layers=spec.all_layers, pooling=spec.pooling)
+  content_features = _features(weights, content, layers=spec.all_layers, pooling=spec.pooling, circular=spec.tile)
   blend = np.ones(len(styles)) if style_blend_weights is None else np.asarray(style_blend_weights, np.float64)
   if len(blend) != len(styles) or np.any(blend < 0) or blend.sum() <= 0:
     raise NstJaxError(f"style blend weights {list(blend)} do not fit {len(styles)} style image(s)")
   blend = blend / blend.sum()
+  if regions is not None:
+    if any(np.shape(r) != content.shape[:2] for r in regions):
+      raise NstJaxError(f"style regions {[np.shape(r) for r in regions]} do not fit the output {content.shape[:2]}")
+    return make_region_targets(weights, spec, content_features, styles, regions, region_sources,
+                               region_weights=blend * len(styles), content_weight=content_weight,
+                               style_weight=style_weight, tv_weight=tv_weight,
+                               outside_content_weight=outside_content_weight)
   grams = {}
   for style, share in zip(styles, blend):
     style_features = _features(weights, jnp.asarray(style, jnp.float32), layers=spec.style_layers,
-                               pooling=spec.pooling)
+                               pooling=spec.pooling, circular=spec.tile)
     for name in spec.style_layers:
       f = style_features[name]
       out_positions = content_features[name].shape[0] * content_features[name].shape[1]
@@ -163,11 +190,88 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
       tv_weight=jnp.float32(tv_weight))
 
 
+def content_weight_map(regions: Sequence[np.ndarray], outside_content_weight: float) -> np.ndarray:
+  """`[H, W]` content weight: 1 where the regions cover the picture, `outside_content_weight` where none does
+  (linear in between: coverage = the regions' sum clipped to 1)."""
+  coverage = np.clip(np.sum(np.asarray(regions, np.float32), axis=0), 0.0, 1.0)
+  return (coverage + float(outside_content_weight) * (1.0 - coverage)).astype(np.float32)
+
+
+def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_features: dict,
+                        styles: Sequence[jax.typing.ArrayLike], regions: Sequence[jax.typing.ArrayLike],
+                        region_sources: Sequence[jax.typing.ArrayLike | None] | None, *, region_weights,
+                        content_weight: float, style_weight: float, tv_weight: float,
+                        outside_content_weight: float) -> Targets:
+  """Targets with spatial control (Gatys et al. 2017): style i applies inside `regions[i]`.
+
+  Style i's target at each layer is the guided Gram matrix of its features under `region_sources[i]` (a
+  mask at the painting's size; None = the whole painting), scaled to the output's positions as in
+  `make_targets`. The output's regions are pooled to each layer (`losses.downsample_mask`); the content
+  loss is weighted per position by `content_weight_map` so that uncovered pixels keep the photo.
+  """
+  if len(regions) != len(styles):
+    raise NstJaxError(f"{len(regions)} style region(s) for {len(styles)} style image(s)")
+  sources = [None] * len(styles) if region_sources is None else list(region_sources)
+  if len(sources) != len(styles):
+    raise NstJaxError(f"{len(sources)} style region source(s) for {len(styles)} style image(s)")
+  grams = {name: [] for name in spec.style_layers}
+  for style, source in zip(styles, sources):
+    style = jnp.asarray(style, jnp.float32)
+    if source is not None and np.shape(source) != style.shape[:2]:
+      raise NstJaxError(f"a region source mask {np.shape(source)} does not fit its painting {style.shape[:2]}")
+    style_features = _features(weights, style, layers=spec.style_layers, pooling=spec.pooling,
+                               circular=spec.tile)
+    for name in spec.style_layers:
+      f = style_features[name]
+      out_positions = content_features[name].shape[0] * content_features[name].shape[1]
+      mask = jnp.ones(f.shape[:2]) if source is None else losses.downsample_mask(jnp.asarray(source), name)
+      grams[name].append(losses.guided_gram_matrix(f, mask) * (out_positions / (f.shape[0] * f.shape[1])))
+  regions = np.asarray(regions, np.float32)  # [R, H, W]
+  masks = {name: jnp.stack([losses.downsample_mask(r, name) for r in regions]) for name in spec.style_layers}
+  weight_map = content_weight_map(regions, outside_content_weight)
+  return Targets(
+      content_features={name: content_features[name] for name in spec.content_layers},
+      style_grams={name: jnp.stack(g) for name, g in grams.items()},
+      content_weight=jnp.float32(content_weight),
+      style_weight=jnp.float32(style_weight),
+      tv_weight=jnp.float32(tv_weight),
+      style_masks=masks,
+      region_weights=jnp.asarray(region_weights, jnp.float32),
+      content_masks={name: losses.downsample_mask(weight_map, name) for name in spec.content_layers})
+
+
 def targets_from_config(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, content, styles,
-                        style_blend_weights=None) -> Targets:
+                        style_blend_weights=None, regions=None, region_sources=None) -> Targets:
   return make_targets(weights, loss_spec_from_config(config), content, styles,
                       content_weight=config.content_weight, style_weight=config.style_weight,
-                      tv_weight=config.tv_weight, style_blend_weights=style_blend_weights)
+                      tv_weight=config.tv_weight, style_blend_weights=style_blend_weights, regions=regions,
+                      region_sources=region_sources,
+                      outside_content_weight=float(config.get("outside_content_weight", 10.0)))
+
+
+def relative_residuals(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, content, styles, image,
+                       style_blend_weights=None) -> dict[str, float]:
+  """How far `image` is from its targets, whatever the run's normalisation: content `||F - P||^2 / ||P||^2`
+  (averaged over content layers) and style `sum_l w_l ||G_l - A_l||^2 / ||A_l||^2` (the invariant terms).
+
+  `content`, `styles` and `image` at the output's scale (styles as the engine resizes them); a measure for
+  comparing looks across paintings, sizes and normalisations (scripts/sweep_looks.py, measure_consistency.py).
+  """
+  spec = dataclasses.replace(loss_spec_from_config(config), loss_normalization="invariant")
+  targets = make_targets(weights, spec, content, styles, content_weight=1.0, style_weight=1.0, tv_weight=0.0,
+                         style_blend_weights=style_blend_weights)
+  metrics = _evaluate(spec)(jnp.asarray(image, jnp.float32), targets, weights)
+  return {"content": float(metrics["content"]), "style": float(metrics["style"])}
+
+
+_EVALUATE: dict = {}
+
+
+def _evaluate(spec: LossSpec):
+  if spec not in _EVALUATE:
+    loss_fn = make_loss_fn(spec)
+    _EVALUATE[spec] = jax.jit(lambda image, targets, weights: loss_fn(image, targets, weights)[1])
+  return _EVALUATE[spec]
 
 
 # ---- loss, optimizer, step ---------------------------------------------------------------------------------
@@ -178,12 +282,23 @@ def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
   'temporal' when `spec.temporal_frames` > 0."""
 
   def loss_fn(image, targets: Targets, weights: vgg.VGGWeights):
-    features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat)
-    content = sum(losses.content_loss(features=features[name], target=targets.content_features[name])
+    norm = spec.loss_normalization
+    features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat,
+                                    circular=spec.tile)
+    content_masks = targets.content_masks or {}
+    content = sum(losses.content_loss(features=features[name], target=targets.content_features[name],
+                                      weight=content_masks.get(name), normalization=norm)
                   for name in spec.content_layers)
-    style = losses.style_loss(features=features, target_grams=targets.style_grams,
-                              layer_weights=dict(spec.style_layer_weights))
-    tv = losses.total_variation_loss(image, kind=spec.tv_kind)
+    if norm != "gatys":
+      content = content / len(spec.content_layers)  # Averaged over content layers (losses.content_layers_loss).
+    if targets.style_masks is None:
+      style = losses.style_loss(features=features, target_grams=targets.style_grams,
+                                layer_weights=dict(spec.style_layer_weights), normalization=norm)
+    else:
+      style = losses.region_style_loss(features=features, target_grams=targets.style_grams,
+                                       masks=targets.style_masks, region_weights=targets.region_weights,
+                                       layer_weights=dict(spec.style_layer_weights), normalization=norm)
+    tv = losses.total_variation_loss(image, kind=spec.tv_kind, wrap=spec.tile, normalization=norm)
     total = losses.total_loss(content=content, style=style, tv=tv, content_weight=targets.content_weight,
                               style_weight=targets.style_weight, tv_weight=targets.tv_weight)
     metrics = {"content": content, "style": style, "tv": tv}
@@ -281,6 +396,25 @@ def init_image(kind: str, content: np.ndarray, style: np.ndarray | Sequence[np.n
   raise NstJaxError(f"unknown init {kind!r}; expected one of {INIT_KINDS}")
 
 
+def region_init_image(kind: str, content: np.ndarray, styles: Sequence[np.ndarray], regions: Sequence[np.ndarray],
+                      *, seed: int = 0) -> np.ndarray:
+  """The starting image with spatial control: `init_image` of each painting inside its region, the photo
+  where no region covers it (so uncovered pixels start, and stay, as the photo).
+
+  Regions that overlap share a pixel in proportion to their masks. Kinds that do not depend on the
+  painting (`content`, `noise`) are `init_image`'s.
+  """
+  if kind in ("content", "noise"):
+    return init_image(kind, content, styles, seed=seed)
+  masks = np.asarray(regions, np.float32)[..., None]  # [R, H, W, 1]
+  total = masks.sum(axis=0)
+  shares = masks / np.maximum(total, 1.0)
+  start = (1.0 - np.minimum(total, 1.0)) * np.asarray(content, np.float32)
+  for share, style in zip(shares, styles):
+    start = start + share * init_image(kind, content, [style], seed=seed)
+  return np.clip(start, 0.0, 1.0).astype(np.float32)
+
+
 def style_stats_noise(shape: Sequence[int], style: np.ndarray, *, seed: int = 0) -> np.ndarray:
   """Gaussian noise `[H, W, 3]` with the style image's per-channel mean and standard deviation, clipped."""
   style = np.asarray(style, np.float32).reshape(-1, 3)
@@ -367,7 +501,9 @@ class Stylizer:
 
 def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
             config: ml_collections.ConfigDict | None = None, *, weights: vgg.VGGWeights | None = None,
-            style_blend_weights: Sequence[float] | None = None, hooks: Iterable[Any] = ()) -> np.ndarray:
+            style_blend_weights: Sequence[float] | None = None, hooks: Iterable[Any] = (),
+            regions: Sequence[np.ndarray] | None = None,
+            region_sources: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
   """Stylises `content` with `style`: float32 `[H, W, 3]` arrays in [0, 1] -> image of the content's size.
 
   The library front end of `nst_jax.engine`: every setting of `config` applies (coarse-to-fine, colours,
@@ -380,6 +516,7 @@ def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
     weights: VGG19 weights (`nst_jax.weights.load_vgg19()` when None: cached, or downloaded once).
     style_blend_weights: shorthand for `config.style_blend_weights`.
     hooks: `nst_jax.hooks` objects (progress, metrics, previews, stop).
+    regions, region_sources: spatial control, one mask per painting (`engine.Job`, docs/spatial-control.md).
   """
   from nst_jax import engine
   from nst_jax import weights as weights_lib
@@ -388,6 +525,7 @@ def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
   if style_blend_weights is not None:
     config.style_blend_weights = tuple(float(w) for w in style_blend_weights)
   weights = weights or weights_lib.load_vgg19(None)
-  job = engine.Job(content=content, styles=engine.as_style_list(style), config=config)
+  job = engine.Job(content=content, styles=engine.as_style_list(style), config=config, regions=regions,
+                   region_sources=region_sources)
   (result,) = engine.Engine(weights).run([job], hooks=hooks)
   return result.image

@@ -9,8 +9,8 @@ mid-stage or at a stage boundary resumes exactly).
 
 Running it again with the same directory and settings continues from the latest checkpoint and ends with
 the same image as an uninterrupted run (the saved state holds everything a step reads). Only
-`rundir.MUTABLE_SETTINGS` (`steps`, `log_every`) may change between runs, so raising `steps` extends a
-finished run; any other difference raises `NstJaxError` unless `overwrite=True`, which discards the old
+`rundir.MUTABLE_SETTINGS` (`steps`, `log_every`, `tile_preview`) may change between runs, so raising `steps`
+extends a finished run; any other difference raises `NstJaxError` unless `overwrite=True`, which discards the old
 run's files. SIGINT/SIGTERM set a flag; the run loop stops after the current step, saves a checkpoint and
 raises `RunInterrupted` (the command exits 130/143).
 """
@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 import nst_jax
-from nst_jax import engine, hooks as hooks_lib, image_io, optimize, rundir, settings, vgg
+from nst_jax import cost, engine, hooks as hooks_lib, image_io, optimize, rundir, settings, tiles, vgg
 from nst_jax.errors import NstJaxError
 
 DEFAULT_CHECKPOINT_EVERY = 100
@@ -84,7 +84,8 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
                    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
                    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, overwrite: bool = False,
                    handle_signals: bool = True, report: bool = True, async_save: bool = False,
-                   hooks: Iterable = (), log: Callable[[str], None] = print) -> np.ndarray:
+                   hooks: Iterable = (), log: Callable[[str], None] = print, estimate_cost: bool = False,
+                   force: bool = False) -> np.ndarray:
   """Runs `job` in run directory `workdir` through the engine, resuming from its latest checkpoint.
 
   Args:
@@ -100,6 +101,8 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
       until each checkpoint is committed, so a `kill -9` loses at most `checkpoint_every` steps; on, it
       can lose the steps run during one write as well (cheaper when steps are very fast, e.g. on a GPU).
     hooks: more engine hooks (e.g. a progress bar).
+    estimate_cost: log the job's cost first (`nst_jax.cost`) and refuse, before any file is written, a job
+      whose estimated peak memory exceeds the free memory, unless `force`.
 
   Returns:
     The final image, float32 `[H, W, 3]`.
@@ -113,6 +116,10 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
       raise NstJaxError(f"{name} must be >= 0, got {value}")
   config = job.config
   settings.validate(config, len(job.styles))
+  policy = engine.CheckpointPolicy(every_steps=checkpoint_every, keep=keep_checkpoints, async_save=async_save)
+  eng = engine.Engine(weights, checkpoints=policy)
+  if estimate_cost:
+    cost.preflight(eng, [job], force=force, log=log)
   run_dir = rundir.RunDir(workdir)
   run_dir.create()
   ident, config_hash = engine.job_digest(job, weights)
@@ -122,8 +129,9 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
       if not overwrite:
         changed = rundir.differences(old.get("identity", {}), ident) or ["unknown"]
         raise NstJaxError(
-            f"{run_dir.path} holds a run with other settings (changed: {', '.join(changed)}); only steps "
-            f"and log_every may change. Use another --workdir, or --overwrite to discard that run")
+            f"{run_dir.path} holds a run with other settings (changed: {', '.join(changed)}); only "
+            f"{', '.join(rundir.MUTABLE_SETTINGS)} may change. Use another --workdir, or --overwrite to discard "
+            f"that run")
       log(f"discarding the previous run in {run_dir.path} (--overwrite)")
       run_dir.clear()
       run_dir.create()
@@ -135,7 +143,6 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
   rundir.write_json(run_dir.config, run_record(config, ident, weights=weights, inputs=inputs,
                                                workdir_settings=workdir_settings))
   job = dataclasses.replace(job, checkpoint_dir=run_dir.checkpoints)
-  policy = engine.CheckpointPolicy(every_steps=checkpoint_every, keep=keep_checkpoints, async_save=async_save)
   notices = _Notices(log)
   metrics = hooks_lib.MetricsLog(lambda run: run_dir.metrics,
                                  extra=lambda run, event: {"lr": _learning_rate(run.config, event)})
@@ -143,10 +150,11 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
   stop = hooks_lib.StopOnSignals() if handle_signals else contextlib.nullcontext(None)
   with stop as stopper, hooks_lib.closing_all(metrics):
     run_hooks = [notices, metrics, snapshots, *hooks] + ([stopper] if stopper is not None else [])
-    (result,) = engine.Engine(weights, checkpoints=policy).run([job], hooks=run_hooks)
+    (result,) = eng.run([job], hooks=run_hooks)
   if result.status == "stopped":
     raise RunInterrupted(stopper.caught[0], result.step, run_dir.path)
   image_io.save_image(run_dir.final, result.image)
+  tiles.write_preview(run_dir.final, result.image, int(config.tile_preview))
   if report:
     rundir.write_report(run_dir.path)
   return result.image

@@ -35,8 +35,8 @@ FINAL = "final.png"
 PROGRESS = "progress.png"
 LOSSES = "losses.png"
 # Settings that may change between runs in one workdir without changing the result of a step:
-# the step budget (to extend a finished run) and how often losses are logged.
-MUTABLE_SETTINGS = ("steps", "log_every")
+# the step budget (to extend a finished run), how often losses are logged, and the tile mosaic written.
+MUTABLE_SETTINGS = ("steps", "log_every", "tile_preview")
 _SNAPSHOT_RE = re.compile(r"step_(\d+)\.png$")
 
 

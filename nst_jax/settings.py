@@ -5,7 +5,7 @@ a web/API form field and a preset key. Every front end hands what the user gave 
 a CSV cell or a form field) to `resolve`, which is the only place that applies presets and shorthands,
 parses, and validates:
 
-    config = settings.resolve({"preset": "quality", "style_weight": "3e4", "scales": "128,1.414,40"})
+    config = settings.resolve({"preset": "quality", "style_weight": "30", "scales": "128,1.414,40"})
 
 Empty values (`None`, `""`) keep the default or the preset's value, so an empty manifest cell or form field
 means "not given". An unknown name or a bad value raises `NstJaxError` naming it.
@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from nst_jax import color, image_io, losses, optimize, vgg
+from nst_jax import color, image_io, losses, optimize, tiles, vgg
 from nst_jax.configs import default, presets
 from nst_jax.errors import NstJaxError
 
@@ -68,12 +68,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("content_weight", "float", "alpha: weight of the content loss"),
     Setting("style_weight", "float", "beta: weight of the style loss"),
     Setting("tv_weight", "float", "theta: weight of the total-variation loss"),
+    Setting("outside_content_weight", "float", "with style regions: content weight multiplier where no region "
+            "covers the photo (larger keeps it more strictly; docs/spatial-control.md)"),
     Setting("tv_kind", "str", "total variation: squared (l2) or absolute (l1) neighbour differences",
             losses.TV_KINDS),
+    Setting("loss_normalization", "str", "how each loss term is scaled: Gatys et al.'s formulas, the TensorFlow "
+            "tutorial's means (the report's), or each term relative to its target (the same weights mean the "
+            "same for every painting, size and VGG)", losses.NORMALIZATIONS),
     Setting("content_layers", "names", "VGG19 layers of the content loss"),
     Setting("style_layers", "names", "VGG19 layers of the style loss"),
     Setting("style_layer_weights", "floats", "weight per style layer; empty = equal (1/L)"),
     Setting("pooling", "str", "VGG19 pooling", vgg.POOLING_KINDS),
+    Setting("tile", "bool", "seamless tile: circular padding in every VGG conv and a wrap-around TV term, so "
+            "the output repeats without a seam"),
+    Setting("tile_preview", "int", f"also write an N x N mosaic of the result next to each output "
+            f"(<output>.tileNxN.png; 0 = none, at most {tiles.MAX_PREVIEW})"),
     Setting("remat", "bool", "recompute VGG block activations in the backward pass (jax.checkpoint)"),
     Setting("remat_above_pixels", "int", "turn remat on for scales with more pixels than this (0 = never)"),
     Setting("scale_start", "int", "coarse-to-fine: longest side of the first scale (0 = one scale)"),
@@ -104,8 +113,8 @@ NAMES: tuple[str, ...] = tuple(BY_NAME)
 
 # Compiled into the step program: jobs share a batch only when these agree (and the image shape).
 STATIC = ("optimizer", "lr", "adam_b1", "adam_eps", "sgd_momentum", "lbfgs_memory", "lbfgs_linesearch_steps",
-          "lbfgs_initial_guess", "lbfgs_precondition", "tv_kind", "content_layers", "style_layers",
-          "style_layer_weights", "pooling")
+          "lbfgs_initial_guess", "lbfgs_precondition", "tv_kind", "loss_normalization", "content_layers",
+          "style_layers", "style_layer_weights", "pooling", "tile")
 
 # Inputs that are not settings but that every front end may give next to them.
 SHORTHANDS = {
@@ -231,8 +240,10 @@ def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None =
   config = ml_collections.ConfigDict((base or default.get_config()).to_dict())
   if "preset" in given:
     presets.apply_preset(config, str(given["preset"]).strip(), keep=tuple(explicit))
+  look = presets.current_look(config)
   for name, value in explicit.items():
     config[name] = value
+  presets.retarget_look(config, look, keep=tuple(explicit))  # A look's weights under the chosen normalisation.
   validate(config, num_styles)
   return config
 
@@ -249,8 +260,11 @@ def validate(config: ml_collections.ConfigDict, num_styles: int | None = None) -
     raise NstJaxError("scale_start and scale_steps must be >= 0")
   if int(config.scale_start) > 0 and not float(config.scale_factor) > 1.0:
     raise NstJaxError(f"scale_factor must be > 1, got {config.scale_factor}")
+  tiles.check_preview(config.tile_preview)
   if int(config.remat_above_pixels) < 0:
     raise NstJaxError(f"remat_above_pixels must be >= 0, got {config.remat_above_pixels}")
+  if not float(config.outside_content_weight) >= 0 or not float(config.outside_content_weight) < float("inf"):
+    raise NstJaxError(f"outside_content_weight must be >= 0, got {config.outside_content_weight}")
   if not float(config.style_scale) > 0:
     raise NstJaxError(f"style_scale must be positive, got {config.style_scale}")
   if float(config.style_scale) * int(config.max_size) > image_io.MAX_SIZE:

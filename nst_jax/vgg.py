@@ -8,10 +8,15 @@ Speed note (see PERF_NOTES.md): on XLA:CPU the backward convolutions take a slow
 they sit inside `lax.while_loop`/`lax.cond` (as in L-BFGS's line search). `conv3x3` therefore has a custom
 VJP that computes the input gradient as an explicit convolution with the flipped, transposed kernel,
 fenced with `lax.optimization_barrier` so XLA cannot fold it back. Gradients are unchanged.
+
+Seamless tiles (`circular=True`): every conv pads its input circularly (wrap-around) instead of with zeros,
+so the network sees the picture as a torus; on sides that are multiples of 16 (the total stride before
+block 5) a circular shift by a multiple of 16 px shifts every feature map accordingly.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Sequence
 
 import flax.linen as nn
@@ -90,29 +95,33 @@ def preprocess(image: jax.Array, kind: str) -> jax.Array:
   raise ValueError(f"unknown preprocessing {kind!r}; expected one of {PREPROCESSING_KINDS}")
 
 
-def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _conv(x: jax.Array, kernel: jax.Array, circular: bool = False) -> jax.Array:
+  if circular:  # Wrap-around padding by one pixel on each side, then a 'VALID' convolution.
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="wrap")
   return lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding="SAME",
+      x, kernel, window_strides=(1, 1), padding="VALID" if circular else "SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@jax.custom_vjp
-def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """3x3 stride-1 'SAME' convolution, `[B, H, W, Cin] x [3, 3, Cin, Cout] -> [B, H, W, Cout]`."""
-  return _conv(x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3(x: jax.Array, kernel: jax.Array, circular: bool = False) -> jax.Array:
+  """3x3 stride-1 convolution, `[B, H, W, Cin] x [3, 3, Cin, Cout] -> [B, H, W, Cout]`, zero ('SAME') or
+  circular (wrap-around) padding."""
+  return _conv(x, kernel, circular)
 
 
-def _conv3x3_fwd(x, kernel):
-  return _conv(x, kernel), (x, kernel)
+def _conv3x3_fwd(x, kernel, circular):
+  return _conv(x, kernel, circular), (x, kernel)
 
 
-def _conv3x3_bwd(residuals, grad_out):
+def _conv3x3_bwd(circular, residuals, grad_out):
   x, kernel = residuals
-  # dL/dx is the 'SAME' convolution of the output gradient with the spatially flipped kernel whose
-  # in/out channels are swapped. The barrier keeps XLA from rewriting it into its slow backward form.
+  # dL/dx is the convolution of the output gradient with the spatially flipped kernel whose in/out
+  # channels are swapped, padded as the forward was (the adjoint of a circular correlation is circular).
+  # The barrier keeps XLA from rewriting it into its slow backward form.
   flipped = lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
-  grad_x = _conv(grad_out, flipped)
-  _, kernel_vjp = jax.vjp(lambda k: _conv(x, k), kernel)  # Dead code unless kernels are trained.
+  grad_x = _conv(grad_out, flipped, circular)
+  _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, circular), kernel)  # Dead code unless kernels are trained.
   (grad_kernel,) = kernel_vjp(grad_out)
   return grad_x, grad_kernel
 
@@ -172,12 +181,12 @@ def _pool(x: jax.Array, kind: str) -> jax.Array:
 
 
 def _run_block(block_params: dict, x: jax.Array, block: int, num_convs: int, pooling: str,
-               wanted: frozenset, stop_after: str) -> tuple[jax.Array, dict]:
+               wanted: frozenset, stop_after: str, circular: bool = False) -> tuple[jax.Array, dict]:
   """Runs one VGG block on preprocessed `x`, collecting wanted activations; stops at `stop_after`."""
   out = {}
   for i in range(1, num_convs + 1):
     conv = f"conv{block}_{i}"
-    x = conv3x3(x, block_params[conv]["kernel"]) + block_params[conv]["bias"]
+    x = conv3x3(x, block_params[conv]["kernel"], circular) + block_params[conv]["bias"]
     if conv in wanted:
       out[conv] = x
     if conv == stop_after:
@@ -194,8 +203,10 @@ def _run_block(block_params: dict, x: jax.Array, block: int, num_convs: int, poo
 
 
 def vgg19_forward(params: PyTree, x: jax.Array, layers: Sequence[str], *, pooling: str = "max",
-                  remat: bool = False) -> dict[str, jax.Array]:
+                  remat: bool = False, circular: bool = False) -> dict[str, jax.Array]:
   """Pure VGG19 forward on a preprocessed `[B, H, W, 3]` batch; returns `{layer: [B, h, w, C]}`.
+
+  With `circular=True` every conv pads circularly (seamless tiles), else with zeros.
 
   With `remat=True` each block is wrapped in `jax.checkpoint`, so its activations are recomputed in the
   backward pass instead of stored: less peak memory for large images, about one extra forward pass.
@@ -207,7 +218,7 @@ def vgg19_forward(params: PyTree, x: jax.Array, layers: Sequence[str], *, poolin
   for block, num_convs, _ in _BLOCKS:
     block_params = {f"conv{block}_{i}": params[f"conv{block}_{i}"] for i in range(1, num_convs + 1)}
     run = lambda p, h, block=block, num_convs=num_convs: _run_block(
-        p, h, block, num_convs, pooling, wanted, stop_after)
+        p, h, block, num_convs, pooling, wanted, stop_after, circular)
     if remat:
       run = jax.checkpoint(run)
     x, block_out = run(block_params, x)
@@ -225,6 +236,7 @@ class VGG19(nn.Module):
   """
   pooling: str = "max"
   remat: bool = False
+  circular: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, layers: Sequence[str] = ("relu5_4",)) -> dict[str, jax.Array]:
@@ -237,7 +249,7 @@ class VGG19(nn.Module):
           "bias": self.param(f"{name}_bias", nn.initializers.zeros, (cout,)),
       }
       cin = cout
-    return vgg19_forward(params, x, layers, pooling=self.pooling, remat=self.remat)
+    return vgg19_forward(params, x, layers, pooling=self.pooling, remat=self.remat, circular=self.circular)
 
 
 def params_from_flax(variables: PyTree) -> dict:
@@ -257,7 +269,8 @@ def params_to_flax(params: PyTree) -> dict:
 
 
 def extract_features(weights: VGGWeights, image: jax.typing.ArrayLike, layers: Sequence[str], *,
-                     pooling: str = "max", remat: bool = False) -> dict[str, jax.Array]:
+                     pooling: str = "max", remat: bool = False,
+                     circular: bool = False) -> dict[str, jax.Array]:
   """Named VGG19 activations of an RGB image in [0, 1].
 
   Args:
@@ -266,6 +279,7 @@ def extract_features(weights: VGGWeights, image: jax.typing.ArrayLike, layers: S
     layers: names from `LAYER_NAMES` (e.g. `('relu1_1', 'relu4_2')`).
     pooling: 'max' (as trained) or 'avg' (Gatys et al. found it gives smoother results).
     remat: recompute block activations in the backward pass to save memory.
+    circular: pad every conv circularly (the picture seen as a torus, for seamless tiles).
 
   Returns:
     `{layer: [h, w, C]}` (or `[B, h, w, C]` for a batched input), only the requested layers.
@@ -276,7 +290,7 @@ def extract_features(weights: VGGWeights, image: jax.typing.ArrayLike, layers: S
   batched = image.ndim == 4
   x = preprocess(image if batched else image[None], weights.preprocessing)
   x = x.astype(jax.tree_util.tree_leaves(weights.params)[0].dtype)
-  model = VGG19(pooling=pooling, remat=remat)
+  model = VGG19(pooling=pooling, remat=remat, circular=circular)
   features = model.apply(params_to_flax(weights.params), x, tuple(layers))
   return features if batched else {name: f[0] for name, f in features.items()}
 

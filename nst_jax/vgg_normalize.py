@@ -57,3 +57,27 @@ def normalize(weights: vgg.VGGWeights, images: Iterable[np.ndarray], *, pooling:
   source = f"normalized({weights.source})"
   return vgg.VGGWeights(params=params, preprocessing=weights.preprocessing, source=source,
                         sha256=weights.sha256), means
+
+
+def rescale_layers(weights: vgg.VGGWeights, factors: dict[str, float]) -> vgg.VGGWeights:
+  """Weights whose conv layer l has kernel `factors[l] * K_l` and bias `c_l * b_l`, c_l the product of the
+  factors up to l (missing ones are 1), so that every activation of layer l is exactly c_l times the
+  original (ReLU and pooling commute with positive scales). The network computes the same thing at other
+  activation scales: what `loss_normalization='invariant'` must not notice (tests/losses_test.py)."""
+  params, cumulative = {}, 1.0
+  for conv in vgg.CONV_LAYERS:
+    factor = float(factors.get(conv, 1.0))
+    if not factor > 0:
+      raise ValueError(f"factor of {conv} must be positive, got {factor}")
+    cumulative *= factor
+    kernel, bias = weights.params[conv]["kernel"], weights.params[conv]["bias"]
+    params[conv] = {"kernel": jnp.asarray(np.asarray(kernel, np.float64) * factor, kernel.dtype),
+                    "bias": jnp.asarray(np.asarray(bias, np.float64) * cumulative, bias.dtype)}
+  return vgg.VGGWeights(params=params, preprocessing=weights.preprocessing, source=f"rescaled({weights.source})",
+                        sha256=weights.sha256)
+
+
+def random_factors(seed: int = 0, low: float = 0.1, high: float = 10.0) -> dict[str, float]:
+  """A log-uniform factor in [low, high] per conv layer (the invariance check's rescaling)."""
+  rng = np.random.default_rng(seed)
+  return {conv: float(np.exp(rng.uniform(np.log(low), np.log(high)))) for conv in vgg.CONV_LAYERS}

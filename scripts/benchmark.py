@@ -2,10 +2,16 @@
 
     python scripts/benchmark.py --sizes 128,256,512 --steps 10 --optimizer adam
 
-Both run the default Gatys setup (VGG19 to relu5_1; content relu4_2; five style layers; TV l2; max pooling;
-content init; Adam lr 0.02, b1 0.99, eps 0.1, or L-BFGS with a line search) on the same random VGG19
-weights and the same synthetic square images. Each (framework, size) runs in its own subprocess so that the
-peak memory (`ru_maxrss`) of one does not mix with another's. Timing: one warm-up step (JAX: after an
+Both run the Gatys setup (`--loss_normalization gatys`, its default weights; VGG19 to relu5_1; content
+relu4_2; five style layers; TV l2; max pooling; content init; Adam lr 0.02, b1 0.99, eps 0.1, or L-BFGS with
+a line search) on the same random VGG19 weights and the same synthetic square images.
+
+Steps are not evaluations: with L-BFGS, torch's `LBFGS(max_iter=1)` called once per step evaluates the loss
+and gradient at the current point again and then at least once in its line search (>= 2 per step), while
+optax reuses the last line search's value and gradient (one per accepted first trial). The table therefore
+also gives evaluations per step and seconds per evaluation (the cost of the loss and gradient itself); the
+final losses after the same number of steps say which reached further. Each (framework, size) runs in its
+own subprocess so that the peak memory (`ru_maxrss`) of one does not mix with another's. Timing: one warm-up step (JAX: after an
 explicit compile, timed separately), then the mean over `--steps` steps, each waited for. The JAX side steps
 the program the engine runs (`optimize.Stylizer.step`, vmapped, with a batch of one and a per-item budget
 that is never reached).
@@ -52,11 +58,12 @@ def peak_rss_mb() -> float:
 def run_jax(npz: str, size: int) -> dict:
   import jax
   import numpy as np
+  import optax
 
   from benchmarks.torch_reference import make_pair
   from nst_jax import optimize, weights as weights_lib
-  from nst_jax.configs import default
-  config = default.get_config()
+  from nst_jax import settings
+  config = settings.resolve({"loss_normalization": "gatys", "adam_eps": 0.1})  # The torch reference's losses.
   config.optimizer, config.max_size, config.remat = FLAGS.optimizer, size, FLAGS.remat
   weights = weights_lib.load_vgg19(npz)
   if FLAGS.dtype != "float32":
@@ -75,15 +82,19 @@ def run_jax(npz: str, size: int) -> dict:
   state, loss = step(state, targets, weights, budget)
   jax.block_until_ready(loss)
   first_step = time.perf_counter() - start
-  times = []
+  times, evaluations = [], 0
   for _ in range(FLAGS.steps):
     start = time.perf_counter()
     state, loss = step(state, targets, weights, budget)
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
+    # Adam: one evaluation; L-BFGS: the line search's (the value at the current point comes from the state).
+    evaluations += int(np.asarray(optax.tree_utils.tree_get(state.opt_state, "num_linesearch_steps"))[0]) if \
+        stylizer.linesearch else 1
   final = float(stylizer.evaluate(state.image, targets, weights)["total"][0])
   return {"compile_s": compile_s, "first_step_s": first_step, "step_s": sum(times) / len(times),
-          "step_min_s": min(times), "final_loss": final, "device": str(jax.devices()[0]),
+          "step_min_s": min(times), "evals_per_step": evaluations / FLAGS.steps,
+          "eval_s": sum(times) / max(evaluations, 1), "final_loss": final, "device": str(jax.devices()[0]),
           "jax": jax.__version__}
 
 
@@ -150,14 +161,18 @@ def main(argv):
       if "threads" in row[framework]:
         row["torch_threads_used"] = row[framework]["threads"]
       results.append(row)
-  header = (f"{'size':>5} | {'jax s/step':>10} | {'torch s/step':>12} | {'jax/torch':>9} | {'jax compile s':>13} | "
+  header = (f"{'size':>5} | {'jax s/step':>10} | {'torch s/step':>12} | {'jax/torch':>9} | {'evals/step j,t':>14} | "
+            f"{'jax s/eval':>10} | {'torch s/eval':>12} | {'per eval j/t':>12} | {'jax compile s':>13} | "
             f"{'jax peak MB':>11} | {'torch peak MB':>13} | {'jax loss':>10} | {'torch loss':>10}")
   print(header)
   print("-" * len(header))
+  ratio_of = lambda a, b, key: a[key] / b[key] if key in a and key in b else None
   for row in results:
     j, t = row.get("jax", {}), row.get("torch", {})
-    ratio = j["step_s"] / t["step_s"] if "step_s" in j and "step_s" in t else None
-    print(f"{row['size']:>5} | {fmt(j.get('step_s')):>10} | {fmt(t.get('step_s')):>12} | {fmt(ratio, '.2f'):>9} | "
+    evals = f"{fmt(j.get('evals_per_step'), '.2f')},{fmt(t.get('evals_per_step'), '.2f')}"
+    print(f"{row['size']:>5} | {fmt(j.get('step_s')):>10} | {fmt(t.get('step_s')):>12} | "
+          f"{fmt(ratio_of(j, t, 'step_s'), '.2f'):>9} | {evals:>14} | {fmt(j.get('eval_s')):>10} | "
+          f"{fmt(t.get('eval_s')):>12} | {fmt(ratio_of(j, t, 'eval_s'), '.2f'):>12} | "
           f"{fmt(j.get('compile_s'), '.2f'):>13} | {fmt(j.get('peak_rss_mb'), '.0f'):>11} | "
           f"{fmt(t.get('peak_rss_mb'), '.0f'):>13} | {fmt(j.get('final_loss'), '.4g'):>10} | "
           f"{fmt(t.get('final_loss'), '.4g'):>10}")

@@ -2,11 +2,20 @@
 
     python scripts/benchmark_memory.py --sizes 512,1024,2048 [--optimizer lbfgs] [--remat auto|on|off]
     python scripts/benchmark_memory.py --sizes 512,1024,2048 --recipe quality   # the quality preset's step
+    python scripts/benchmark_memory.py --sizes 256,512,1024 --optimizer adam --estimate --run_steps 20
 
 Each child loads a square content and style image of the size, builds the targets, compiles and runs one
 step, and reports `ru_maxrss` (peak resident memory, compilation included) and its wall time. The step is the
 engine's compiled program (`optimize.Stylizer.step`) with a batch of one. With `--remat auto`
 rematerialisation follows the config's `remat_above_pixels` (default 0: off), as in `engine.plan`.
+
+`--estimate` checks `nst_jax.cost` (docs/tiles-and-cost.md): the child compiles the step first, then
+resets the kernel's peak-RSS mark (`/proc/self/clear_refs`) and runs one step, so `step_rss_growth` is the
+peak RSS growth of the step alone (its inputs already allocated, compilation excluded); it is compared with
+XLA's figure for what a step allocates beyond its inputs (`cost.Probe.working_bytes`), and the estimated
+peak (inputs included) is printed next to it. `--run_steps N` then runs `cost.estimate` (which compiles at
+the output size and at half of it and times a few steps) and a real engine run of N steps in a fresh
+engine, and compares the estimated run time with the measured one.
 """
 
 from __future__ import annotations
@@ -26,7 +35,65 @@ flags.DEFINE_enum("recipe", "default", ("default", "quality"), "Settings: the de
                   "or the quality preset (preconditioned L-BFGS from the recoloured photo; --optimizer unused).")
 flags.DEFINE_enum("remat", "auto", ("auto", "on", "off"), "Rematerialisation of VGG blocks.")
 flags.DEFINE_string("weights", "random", "VGG19 weights (memory does not depend on their values).")
+flags.DEFINE_boolean("estimate", False, "Compare nst_jax.cost's XLA memory figures with the step's RSS growth.")
+flags.DEFINE_integer("run_steps", 0, "With --estimate: also compare the estimated and measured time of a run of "
+                     "N steps (0 = skip).")
 flags.DEFINE_integer("child", 0, "Internal: run one measurement at this size.")
+
+
+def _status_kib(field: str) -> int:
+  with open("/proc/self/status", encoding="utf-8") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def child_estimate(size: int) -> None:
+  """The step's RSS growth vs XLA's analysis; then the estimated vs measured time of a short run."""
+  import jax
+  import numpy as np
+  from skimage import data
+  from nst_jax import cost, engine, image_io, settings, weights as weights_lib
+  config = settings.resolve({"max_size": size, "steps": max(FLAGS.run_steps, 1), "optimizer": FLAGS.optimizer,
+                             "remat": FLAGS.remat == "on"})
+  weights = weights_lib.load_vgg19(FLAGS.weights)
+  content = image_io.resize(data.chelsea().astype(np.float32) / 255.0, (size, size))
+  style = image_io.resize(data.coffee().astype(np.float32) / 255.0, (size, size))
+  job = engine.Job(content, [style], config)
+  eng = engine.Engine(weights)
+  run = engine.JobRun(0, job, weights)
+  eng._enter_stage(run, 0, None)
+  stylizer = eng.stylizer(config, run.stage.remat)
+  state = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], run.state)
+  targets = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], run.targets)
+  budget = np.array([1], np.int32)
+  compiled = stylizer.step.lower(state, targets, eng.weights, budget).compile()
+  memory = compiled.memory_analysis()
+  probe = cost.Probe(shape=(size, size), batch=1, argument_bytes=memory.argument_size_in_bytes,
+                     temp_bytes=memory.temp_size_in_bytes, output_bytes=memory.output_size_in_bytes,
+                     alias_bytes=memory.alias_size_in_bytes, compile_seconds=0.0, step_seconds=0.0)
+  jax.block_until_ready((state, targets))
+  before = _status_kib("VmRSS")
+  with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+    f.write("5")  # Peak RSS mark := current RSS.
+  state, _ = compiled(state, targets, eng.weights, budget)
+  jax.block_until_ready(state)
+  growth = (_status_kib("VmHWM") - before) * 1024
+  record = {"size": size, "optimizer": config.optimizer, "xla_working_mib": round(probe.working_bytes / 2 ** 20, 1),
+            "step_rss_growth_mib": round(growth / 2 ** 20, 1),
+            "working_vs_growth": round(probe.working_bytes / max(growth, 1), 3),
+            "xla_peak_mib": round(probe.peak_bytes / 2 ** 20, 1)}
+  if FLAGS.run_steps:
+    fresh = engine.Engine(weights)
+    estimate = cost.estimate(fresh, job, free_bytes=2 ** 50)
+    fresh = engine.Engine(weights)  # The measured run compiles afresh, as the estimate assumes.
+    jax.clear_caches()
+    begin = time.perf_counter()
+    fresh.run([job])
+    measured = time.perf_counter() - begin
+    record.update({"steps": FLAGS.run_steps, "est_step_s": round(estimate.step_seconds, 3),
+                   "est_run_s": round(estimate.run_seconds, 1), "run_s": round(measured, 1),
+                   "est_vs_run": round(estimate.run_seconds / measured, 3)})
+  record["load"] = round(__import__("os").getloadavg()[0], 1)
+  print(json.dumps(record))
 
 
 def child(size: int) -> None:
@@ -62,10 +129,11 @@ def child(size: int) -> None:
 def main(argv):
   del argv
   if FLAGS.child:
-    return child(FLAGS.child)
+    return child_estimate(FLAGS.child) if FLAGS.estimate else child(FLAGS.child)
   for size in FLAGS.sizes:
     command = [sys.executable, __file__, f"--child={int(size)}", f"--optimizer={FLAGS.optimizer}",
-               f"--remat={FLAGS.remat}", f"--weights={FLAGS.weights}", f"--recipe={FLAGS.recipe}"]
+               f"--remat={FLAGS.remat}", f"--weights={FLAGS.weights}", f"--recipe={FLAGS.recipe}",
+               f"--estimate={FLAGS.estimate}", f"--run_steps={FLAGS.run_steps}"]
     result = subprocess.run(command, capture_output=True, text=True)
     lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
     print(lines[-1] if result.returncode == 0 and lines else

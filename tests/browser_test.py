@@ -118,3 +118,49 @@ def test_upload_submit_and_see_result(tmp_path):
       shutil.copyfile(shot, copy)
     finally:
       browser.close()
+
+
+def test_a_region_chosen_on_the_page_is_sent_as_masks_of_the_photo_aspect_ratio(tmp_path):
+  """'Where the painting goes': the left half becomes style_region (white left) and, with a second painting,
+  style2_region (the rest); a rectangle in percent too (docs/spatial-control.md)."""
+  sync_playwright = _playwright()
+  import numpy as np
+  from nst_jax import image_io
+  app = create_app(data_dir=str(tmp_path / "data"), weights=vgg.random_weights(0), rate_limit=0,
+                   start_worker=False)
+  store = app.state.store
+  with live_server(app) as base, sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+      page = browser.new_page(viewport={"width": 1000, "height": 900}, bypass_csp=True)
+      page.goto(base + "/")
+      page.wait_for_selector("input[name=preset][value=painterly]", state="attached")
+      page.set_input_files("#content-input", files=[{"name": "photo.png", "mimeType": "image/png",
+                                                     "buffer": png_bytes(0, 40, 32)}])
+      page.set_input_files("#style-input", files=[{"name": "a.png", "mimeType": "image/png",
+                                                   "buffer": png_bytes(1, 48, 48)}])
+      page.set_input_files("#style2-input", files=[{"name": "b.png", "mimeType": "image/png",
+                                                    "buffer": png_bytes(3, 30, 50)}])
+      assert page.is_hidden("#region-rect")
+      page.select_option("#opt-region", "left")
+      page.click("#submit")
+      page.wait_for_function("JSON.parse(localStorage.getItem('nst-jax-jobs') || '[]').length === 1")
+      first = page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))[0]")
+      page.select_option("#opt-region", "rect")
+      assert page.is_visible("#region-rect")
+      page.click("#style2-clear")
+      for field, value in (("#rect-x", "50"), ("#rect-y", "0"), ("#rect-w", "50"), ("#rect-h", "50")):
+        page.fill(field, value)
+      page.click("#submit")
+      page.wait_for_function("JSON.parse(localStorage.getItem('nst-jax-jobs') || '[]').length === 2")
+      second = page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))[0]")
+    finally:
+      browser.close()
+  region = image_io.open_image(store.path(first, "style_region.png"))[..., 0]
+  rest = image_io.open_image(store.path(first, "style2_region.png"))[..., 0]
+  assert region.shape == rest.shape == (32, 40)  # The photo's aspect ratio (40x32).
+  assert region[:, :20].min() == 1.0 and region[:, 20:].max() == 0.0
+  np.testing.assert_array_equal(rest, 1.0 - region)
+  corner = image_io.open_image(store.path(second, "style_region.png"))[..., 0]
+  assert corner[:16, 20:].min() == 1.0 and corner[16:].max() == 0.0 and corner[:, :20].max() == 0.0
+  assert not os.path.exists(store.path(second, "style2_region.png"))

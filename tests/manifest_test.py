@@ -13,6 +13,7 @@ from PIL import Image
 from skimage import data
 
 from nst_jax import engine, image_io, inputs, manifest, settings, vgg
+from nst_jax.configs import default, presets
 from nst_jax.errors import NstJaxError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +74,8 @@ def test_rows_take_flags_as_defaults_and_report_bad_values(tmp_path):
   assert "steps" in rows[2].error and "integer" in rows[2].error
   assert "nowhere.png" in rows[3].error
   assert "row 1" in rows[4].error  # The same output twice.
-  assert rows[5].job.config.steps == 4 and rows[5].job.config.style_weight == 1e4  # Empty cells: flags, defaults.
+  # Empty cells: the flags, then the defaults.
+  assert rows[5].job.config.steps == 4 and rows[5].job.config.style_weight == default.get_config().style_weight
 
 
 def test_any_setting_name_is_a_column_and_unknown_columns_are_named(tmp_path):
@@ -87,7 +89,8 @@ def test_any_setting_name_is_a_column_and_unknown_columns_are_named(tmp_path):
   config = rows[0].job.config
   assert (config.preserve_colors, config.scale_start, config.scale_factor, config.scale_steps) == \
       ("luminance", 16, 1.5, 3)
-  assert (config.style_scale, config.style_weight, config.init) == (0.8, 2e5, "noise")
+  assert (config.style_scale, config.style_weight, config.init) == (0.8, presets.PRESETS["painterly"]["style_weight"],
+                                                                   "noise")
   assert (rows[1].job.config.preserve_colors, rows[1].job.config.style_scale) == ("histogram", 1.5)
   with pytest.raises(NstJaxError, match="lacks column"):
     manifest.load_rows(write_manifest(tmp_path, ["content,output", "a,b"]))
@@ -187,7 +190,9 @@ def test_an_interrupted_row_resumes_from_its_checkpoint(tmp_path, weights):
   plain = manifest.run_rows(manifest.load_rows(plain, FLAGS), runner, log=lambda line: None)
   for resumed, uninterrupted in zip(rows, plain):
     assert resumed.result.total_steps == uninterrupted.result.total_steps
-    assert np.max(np.abs(resumed.result.image - uninterrupted.result.image)) <= 1e-6
+    # The resumed rows ran as a batch, the plain ones too but from step 0: float32 rounding of two programs,
+    # which Adam's normalised step carries a little further with the invariant losses (1.1e-6 seen).
+    assert np.max(np.abs(resumed.result.image - uninterrupted.result.image)) <= 1e-5
 
 
 # ---- the command ---------------------------------------------------------------------------------------------

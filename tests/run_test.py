@@ -165,6 +165,10 @@ def test_incompatible_settings_are_refused_unless_overwrite(tmp_path, images, we
   other.style_weight = 123.0
   with pytest.raises(NstJaxError, match=r"other settings \(changed: settings.style_weight\).*--overwrite"):
     run_dir(tmp_path, "w", other, images, weights)
+  other_norm = small_config("adam", steps=2)
+  other_norm.loss_normalization = "mean" if config.loss_normalization != "mean" else "gatys"
+  with pytest.raises(NstJaxError, match=r"changed: settings.loss_normalization\)"):
+    run_dir(tmp_path, "w", other_norm, images, weights)
   with pytest.raises(NstJaxError, match="changed: styles"):
     run_dir(tmp_path, "w", config, (images[0], [images[0]]), weights)
   with pytest.raises(NstJaxError, match="changed: weights"):

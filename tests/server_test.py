@@ -332,6 +332,8 @@ def test_page_cookie_and_headers(idle_app):
   # The page never puts user text into HTML: no innerHTML / insertAdjacentHTML / document.write.
   script = c.get("/static/app.js").text
   assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "document.write" not in script
+  cards = c.get("/api/config").json()["presets"]
+  assert "quality" in cards and "report" not in cards  # 10,000 steps: over the default 2,000-step limit.
 
 
 def test_openapi_schema(idle_app):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from conftest import make_image
 from nst_jax import image_io, losses, vgg, vgg_normalize, weights as weights_lib
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -64,3 +65,16 @@ def test_normalized_weights_round_trip_through_npz(normalized, tmp_path):
   loaded = weights_lib.load_vgg19(path)
   assert loaded.preprocessing == "torch"
   np.testing.assert_array_equal(loaded.params["conv3_2"]["kernel"], new_weights.params["conv3_2"]["kernel"])
+
+
+def test_rescaled_layers_multiply_each_activation_by_the_product_of_the_factors(random_weights):
+  factors = vgg_normalize.random_factors(0)
+  image = jnp.asarray(make_image(16, 16))
+  layers = ("relu1_1", "relu1_2", "relu2_1", "conv2_2")
+  old = vgg.extract_features(random_weights, image, layers)
+  new = vgg.extract_features(vgg_normalize.rescale_layers(random_weights, factors), image, layers)
+  cumulative = np.cumprod([factors[c] for c in vgg.CONV_LAYERS])
+  for name in layers:
+    c = cumulative[vgg.CONV_LAYERS.index("conv" + name[4:])]
+    want = c * np.asarray(old[name], np.float64)
+    assert np.max(np.abs(np.asarray(new[name]) - want)) <= 1e-5 * np.max(np.abs(want)), name

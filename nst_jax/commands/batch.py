@@ -24,7 +24,7 @@ import time
 import jax
 from absl import flags
 
-from nst_jax import batch, engine, hooks, manifest, settings
+from nst_jax import batch, cost, engine, hooks, manifest, settings
 from nst_jax.commands import common
 from nst_jax.commands import stylize  # Defines the setting flags every row starts from.
 from nst_jax.errors import NstJaxError
@@ -97,6 +97,12 @@ def _run(rows: list[manifest.Row], writer: bool) -> list[int]:
   runner = engine.Engine(weights, mesh=mesh, max_batch=FLAGS.batch_size, checkpoints=policy)
   buckets = len({runner.job_bucket_key(row.job) for row in todo})
   print(f"{len(todo)} picture(s) in {buckets} bucket(s) on {runner.num_devices} device(s)")
+  jobs = list({id(row.job): row.job for row in todo}.values())
+  estimates = cost.preflight(runner, jobs, force=FLAGS.force or FLAGS.dry_run,
+                             log=lambda line: print(line, file=sys.stdout if FLAGS.dry_run else sys.stderr))
+  if FLAGS.dry_run:
+    print(f"dry run: {sum(e.fits for e in estimates)} of {len(estimates)} batch shape(s) fit the free memory")
+    return []
   folder = manifest.run_folder(FLAGS.manifest, FLAGS.workdir)
   progress = hooks.ProgressBar(desc="batch", disable=not FLAGS.progress or not writer)
   start = time.perf_counter()
@@ -124,7 +130,7 @@ def main(argv):
   print(f"{sum(row.job is not None for row in rows)} picture(s) to make, {sum(row.skipped for row in rows)} "
         f"already done, {sum(row.error is not None for row in rows)} bad")
   caught = _run(rows, writer) if any(row.job is not None for row in rows) else []
-  if writer:
+  if writer and not FLAGS.dry_run:
     print(summary_table(rows))
   failed = [row.number for row in rows if row.error is not None]
   if failed:

@@ -20,7 +20,8 @@ import time
 
 from absl import flags
 
-from nst_jax import engine, hooks, image_io, inputs, rundir, run as run_lib, settings, weights as weights_lib
+from nst_jax import cost, engine, hooks, image_io, inputs, rundir, run as run_lib, settings, tiles
+from nst_jax import weights as weights_lib
 from nst_jax.commands import common
 from nst_jax.configs import default
 from nst_jax.errors import NstJaxError
@@ -31,6 +32,11 @@ flags.DEFINE_string("content", None, "Content photo (any format Pillow reads), o
                     "image shipped with scikit-image (e.g. skimage:chelsea).")
 flags.DEFINE_multi_string("style", None, "Style painting (file or skimage:NAME). Repeat the flag to blend "
                           "several styles.")
+flags.DEFINE_multi_string("style_region", None, "Spatial control: a greyscale mask per --style (same order), "
+                          "white = where that painting applies, of the photo's aspect ratio; pixels no region "
+                          "covers keep the photo (docs/spatial-control.md).")
+flags.DEFINE_multi_string("style_region_source", None, "Spatial control: a mask per --style (same order, of "
+                          "that painting's aspect ratio): which part of the painting to take its style from.")
 flags.DEFINE_string("output", None, "Output image path (.png, .jpg, ...).")
 flags.DEFINE_string("workdir", None, "Run folder (created if missing): checkpoints, snapshots, metrics.jsonl, "
                     "config.json, final.png, progress.png, losses.png. Running the same command again "
@@ -49,6 +55,10 @@ flags.DEFINE_integer("snapshot_every", run_lib.DEFAULT_SNAPSHOT_EVERY,
 flags.DEFINE_string("weights", None, "VGG19 weights: a Keras .h5, torchvision .pth or nst-jax .npz file, or "
                     "'random' (offline smoke runs, not artistic). Default: cached Keras weights, downloaded "
                     "once into $NST_JAX_HOME or ~/.cache/nst_jax.")
+flags.DEFINE_boolean("dry_run", False, "Print the cost of the job as configured (the compiled step's peak "
+                     "memory from XLA, the largest max_size that fits the free memory, the time per step and for "
+                     "the run, from a few timed steps) and exit without writing anything (docs/tiles-and-cost.md).")
+flags.DEFINE_boolean("force", False, "Run even when the estimated peak memory exceeds the free memory.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 flags.DEFINE_boolean("compilation_cache", True, "Keep compiled programs in the cache dir between runs.")
 
@@ -106,7 +116,8 @@ def load_weights():
 def load_job_and_weights(config, **kwargs) -> tuple[engine.Job, object]:
   """The job of --content and --style and the VGG19 weights; then prints the job's notes (an upscaled
   photo, a schedule that is off), so that a bad input or missing weights are one `error:` line alone."""
-  job, notes = inputs.load_job(FLAGS.content, FLAGS.style, config, **kwargs)
+  job, notes = inputs.load_job(FLAGS.content, FLAGS.style, config, style_regions=FLAGS.style_region,
+                               style_region_sources=FLAGS.style_region_source, **kwargs)
   weights = load_weights()
   for note in notes + engine.plan_notes(config, job.content.shape):
     print(f"note: {note}", file=sys.stderr)
@@ -118,25 +129,41 @@ def main(argv):
     raise NstJaxError(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --content=photo.jpg; "
                       f"commands: nst-jax help)")
   for name in ("content", "style", "output"):
-    if not FLAGS[name].value and not (name == "output" and FLAGS.workdir):
+    if not FLAGS[name].value and not (name == "output" and (FLAGS.workdir or FLAGS.dry_run)):
       raise NstJaxError(f"--{name} is required (see --help)")
   config = config_from_flags()
+  if FLAGS.dry_run:
+    return dry_run(config)
   if FLAGS.workdir:
     return main_workdir(config)
   image_io.check_writable(FLAGS.output, overwrite=FLAGS.overwrite)
   job, weights = load_job_and_weights(config, name=FLAGS.output)
+  eng = engine.Engine(weights)
+  cost.preflight(eng, [job], force=FLAGS.force, log=lambda line: print(line, file=sys.stderr))
   progress = hooks.ProgressBar(disable=not FLAGS.progress)
   log = hooks.MetricsLog(lambda run: metrics_path(FLAGS.output))
   start = time.perf_counter()
   with hooks.closing_all(progress, log):
-    (result,) = engine.Engine(weights).run([job], hooks=[log, progress])
+    (result,) = eng.run([job], hooks=[log, progress])
   image_io.save_image(FLAGS.output, result.image)
+  tiles.write_preview(FLAGS.output, result.image, int(config.tile_preview))
   if len(result.stages) > 1:
     for s in result.stages:
       print(f"  scale {s['stage'] + 1}/{len(result.stages)} {s['width']}x{s['height']}: {s['steps']} steps, "
             f"{s['seconds']:.1f} s, loss {s['total']:.4g}" + (" (remat)" if s["remat"] else ""))
   print(f"wrote {FLAGS.output} ({job.content.shape[1]}x{job.content.shape[0]}, {result.total_steps} steps, "
         f"{time.perf_counter() - start:.1f} s)")
+
+
+def dry_run(config) -> None:
+  """--dry_run: the job's cost (`nst_jax.cost`) on stdout; nothing is written."""
+  job, weights = load_job_and_weights(config, name="")
+  (estimate,) = cost.preflight(engine.Engine(weights), [job], force=True, log=print)
+  if not estimate.fits:
+    fit = estimate.max_size()
+    print(f"dry run: does not fit the free memory; {f'--max_size {fit} would' if fit else 'no size would'}")
+  else:
+    print("dry run: fits the free memory")
 
 
 def _recorded_output(workdir: str) -> str | None:
@@ -158,6 +185,9 @@ def main_workdir(config):
   job, weights = load_job_and_weights(config, name=FLAGS.workdir)
   described = {"content": os.path.abspath(FLAGS.content), "styles": [os.path.abspath(p) for p in FLAGS.style],
                "output": output, "weights_flag": FLAGS.weights}
+  for name in ("style_region", "style_region_source"):
+    if FLAGS[name].value:
+      described[name] = [os.path.abspath(p) for p in FLAGS[name].value]
   progress = hooks.ProgressBar(disable=not FLAGS.progress)
   begin = time.perf_counter()
   try:
@@ -166,12 +196,13 @@ def main_workdir(config):
           job, FLAGS.workdir, weights, inputs=described, checkpoint_every=FLAGS.checkpoint_every,
           keep_checkpoints=FLAGS.keep_checkpoints, snapshot_every=FLAGS.snapshot_every,
           overwrite=FLAGS.overwrite, async_save=FLAGS.async_checkpoints, hooks=[progress],
-          log=lambda line: print(line, file=sys.stderr))
+          log=lambda line: print(line, file=sys.stderr), estimate_cost=True, force=FLAGS.force)
   except run_lib.RunInterrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)
   if output:
     image_io.save_image(output, image)
+    tiles.write_preview(output, image, int(config.tile_preview))
   print(f"wrote {output or os.path.join(FLAGS.workdir, rundir.FINAL)} and the run files in {FLAGS.workdir} "
         f"({job.content.shape[1]}x{job.content.shape[0]}, {config.steps} steps, {time.perf_counter() - begin:.1f} s)")
 

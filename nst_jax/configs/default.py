@@ -23,7 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = "adam"
   config.lr = ml_collections.FieldReference(None, field_type=float)
   config.adam_b1 = 0.99
-  config.adam_eps = 0.1
+  # 1e-8 (optax's): far below the invariant losses' gradients (rms ~7e-4 per pixel at 128 px for the balanced
+  # look, ~5e-5 at 512 px, ~3e-6 at 2048 px), so Adam steps alike at every size and loss scale, as it did
+  # under gatys (gradients ~1e7 vs eps 0.1); the report's 0.1 (`--preset report`) would stall it here.
+  config.adam_eps = 1e-8
   config.sgd_momentum = 0.0
   config.lbfgs_memory = 10
   # L-BFGS zoom line search: most evaluations per iteration, first trial step ('one' or 'keep').
@@ -33,15 +36,29 @@ def get_config() -> ml_collections.ConfigDict:
   # 0 = optax's stock L-BFGS (M = I). The quality preset uses 0.3.
   config.lbfgs_precondition = 0.0
   # Loss = content_weight * content + style_weight * style + tv_weight * tv (Gatys et al. 2016).
+  # The `balanced` look (configs/presets.py) under loss_normalization 'invariant'; `--loss_normalization gatys`
+  # alone gives the old defaults 1, 1e4, 1e-3 (settings.resolve).
   config.content_weight = 1.0
-  config.style_weight = 1e4
+  config.style_weight = 3.0
   config.tv_weight = 1e-3
+  # Spatial control (--style_region): content weight multiplier where no region covers the picture (larger
+  # keeps the photo there more strictly; 10 met the check of docs/spatial-control.md, 1 did not quite). No
+  # effect without regions.
+  config.outside_content_weight = 10.0
   config.tv_kind = "l2"
+  # How each loss term is normalised (nst_jax/losses.py): gatys (Gatys et al. 2016) | mean (the TensorFlow
+  # tutorial's, the report's Table 1) | invariant (each term divided by its target's squared norm, TV a mean:
+  # the weights mean the same for every painting, size and set of VGG weights).
+  config.loss_normalization = "invariant"
   config.content_layers = CONTENT_LAYERS
   config.style_layers = STYLE_LAYERS
   # Per style layer weights w_l; None = equal weights 1/L.
   config.style_layer_weights = ml_collections.FieldReference(None, field_type=tuple)
   config.pooling = "max"
+  # Seamless tiles: circular padding in every VGG conv and a wrapped TV term (the picture is a torus);
+  # tile_preview N > 0 also writes an N x N mosaic of the result next to each output (docs/tiles-and-cost.md).
+  config.tile = False
+  config.tile_preview = 0
   config.remat = False
   # Rematerialise VGG blocks automatically for scales with more pixels than this (0 = never). Off by
   # default: on XLA:CPU block remat did not lower peak memory (+20% in XLA's own analysis; see

@@ -31,12 +31,13 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from nst_jax import __version__, optimize, settings
+from nst_jax import __version__, cost, engine as engine_lib, image_io, inputs, optimize, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
 from nst_jax.server import submit as submit_lib
 from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, valid_job_id
 from nst_jax.server.submit import DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_VIDEO_STEPS, Limits, SubmitError
+from nst_jax.server import worker as worker_lib
 from nst_jax.server.worker import VIDEO_RESULT, Worker
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
@@ -246,14 +247,17 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
 
   @app.get("/api/config", summary="Presets, settings, limits and defaults for the page")
   def get_config():
+    # A preset whose own step count is over this server's limit (the report's 10,000 steps) is no page card.
+    fits = lambda name: presets.get_preset(name).get("steps", 0) <= limits.max_steps
     return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name, ""), **presets.get_preset(name)}
-                        for name in presets.ALL_PRESETS},
+                        for name in presets.ALL_PRESETS if fits(name)},
             "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, limits.max_size),
             "default_steps": min(DEFAULT_STEPS, limits.max_steps), "max_size": limits.max_size,
             "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),
             "max_upload_mb": max_upload_mb, "max_pixels": limits.max_pixels, "settings": list(settings.NAMES),
             "preserve_colors": list(settings.BY_NAME["preserve_colors"].choices), "keep_colors": True,
-            "max_styles": len(STYLE_FIELDS), "default_video_steps": min(DEFAULT_VIDEO_STEPS, limits.max_steps),
+            "max_styles": len(submit_lib.IMAGE_FIELDS) - 1, "region_fields": list(submit_lib.REGION_FIELDS),
+            "default_video_steps": min(DEFAULT_VIDEO_STEPS, limits.max_steps),
             "max_video_seconds": limits.max_video_seconds, "max_video_frames": limits.max_video_frames,
             "max_video_pixels": limits.max_video_pixels,
             "video_modes": list(settings.BY_NAME["video_mode"].choices)}
@@ -288,7 +292,57 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
     worker.wake()
     return view(job)
 
+  estimator = _Estimator(worker)
+
+  @app.post("/api/estimate", summary="The cost of a job before it is queued (nothing is stored)",
+            description="The same multipart form as `POST /api/jobs`. Returns the compiled step's peak memory "
+                        "(XLA's memory analysis), the free memory, the largest max_size that fits, and the "
+                        "time per step and for the run from a few timed steps (docs/tiles-and-cost.md).")
+  async def estimate(request: Request):
+    try:
+      job = await _estimate_job(request, limits)
+    except SubmitError as e:
+      raise HTTPException(e.status, str(e)) from None
+    try:
+      return await run_in_threadpool(estimator.estimate, job)
+    except NstJaxError as e:
+      raise HTTPException(422, str(e)) from None
+
   _add_job_views(app, store, worker, owned, view, event_interval)
+
+
+class _Estimator:
+  """`cost.estimate` for the page, one at a time, on an engine of its own (the worker's runs jobs)."""
+
+  def __init__(self, worker: Worker):
+    self.worker, self.engine, self.lock = worker, None, threading.Lock()
+
+  def estimate(self, job) -> dict:
+    with self.lock:
+      if self.engine is None:
+        self.engine = engine_lib.Engine(self.worker.engine.raw_weights)
+      return cost.estimate(self.engine, job).as_dict()
+
+
+async def _estimate_job(request: Request, limits: Limits):
+  """The engine job a submission would make (its inputs prepared as the worker prepares them)."""
+  try:
+    form = await request.form()
+  except Exception:
+    raise SubmitError(422, "expected a multipart form with the files content and style") from None
+  files, fields = submit_lib.split_form(form.multi_items())
+  uploads = [files[name] for name in submit_lib.FILE_FIELDS if name in files]
+  _, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
+  images = []
+  for upload, what in zip(uploads, ("content image", "style image", "second style image")):
+    data = await upload.read()
+    images.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
+  try:
+    photo, _ = inputs.prepare_content(images[0], int(config.max_size))
+  except NstJaxError as e:
+    raise SubmitError(422, str(e)) from None
+  styles = [image_io.resize_longest(style, inputs.style_size(config)) for style in images[1:]]
+  return engine_lib.Job(content=photo, styles=styles, config=config, name="")
 
 
 async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict:
@@ -300,16 +354,21 @@ async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict
   files, fields = submit_lib.split_form(form.multi_items())
   if "video" in files:
     return await _create_video_job(request, store, limits, files, fields)
-  uploads = [files[name] for name in submit_lib.FILE_FIELDS if name in files]
+  uploads = [files[name] for name in submit_lib.IMAGE_FIELDS if name in files]
   options, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
   images = []
   for upload, what in zip(uploads, ("content image", "style image", "second style image")):
     data = await upload.read()
     images.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
+  masks = {}
+  for name in submit_lib.REGION_FIELDS + submit_lib.SOURCE_FIELDS:
+    if name in files:
+      data = await files[name].read()
+      masks[name] = await run_in_threadpool(submit_lib.decode_upload, data, name, limits.max_pixels)
   job_id = new_job_id()
   try:
     sizes = await run_in_threadpool(submit_lib.write_inputs, store.job_dir(job_id), images[0], images[1:],
-                                    config, limits)
+                                    config, limits, masks)
   except NstJaxError as e:
     raise SubmitError(422, str(e)) from None
   if sizes["steps"] > limits.max_steps:
@@ -350,7 +409,9 @@ async def _create_video_job(request: Request, store: JobStore, limits: Limits, f
 _SUBMIT_DESCRIPTION = (
     "Multipart form: files `content` (a photo) or `video` (a short clip: mp4, webm, mov, gif...; the "
     "result is an mp4 at its frame rate, with its sound), `style` and optionally `style2` (a second "
-    "painting, blended by `style_blend_weights`), and any setting by its name (docs/settings.md), e.g. `preset` ("
+    "painting, blended by `style_blend_weights`), optional greyscale masks `style_region`, `style2_region` "
+    "(where each painting applies; one per painting; photos only) and `style_region_source`, "
+    "`style2_region_source` (docs/spatial-control.md), and any setting by its name (docs/settings.md), e.g. `preset` ("
     + " | ".join(presets.ALL_PRESETS) + "), `max_size`, `steps`, `preserve_colors` (none | luminance | "
     "histogram), `style_weight`, `scales`. Empty fields keep the preset's or default value; an unknown "
     "field or a bad value is a 422 naming it.")
@@ -472,6 +533,14 @@ def _add_job_views(app: FastAPI, store: JobStore, worker: Worker, owned, view, e
                    content_disposition_type=disposition)
     return _file(job_id, "result.png", "image/png", filename=f"nst-jax-{job_id[:8]}.png",
                  content_disposition_type=disposition)
+
+  @app.get("/api/jobs/{job_id}/tile_preview", summary="The N x N mosaic of the result (PNG; with tile_preview N)")
+  def tile_preview(request: Request, job_id: str):
+    job = owned(request, job_id)
+    count = int(worker_lib.job_config(job["options"]).tile_preview)
+    if job["status"] != "done" or not count:
+      raise HTTPException(409, "no tile preview: the job is not done or has no tile_preview")
+    return _file(job_id, tiles.preview_path(worker_lib.TILE_PREVIEW_BASE, count), "image/png")
 
   @app.get("/api/jobs/{job_id}/input/{which}",
            summary="The job's photo (a clip's first frame) or painting as uploaded (PNG; downscaled if over "

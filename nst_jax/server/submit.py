@@ -3,10 +3,13 @@
 Form fields are settings by their one name (docs/settings.md): every name of `settings.NAMES` plus the
 shorthands (`preset`, `scales`, `epochs`, `steps_per_epoch`). Files: `content` (a photo) or `video` (a short
 clip: a video job, `nst-jax video`), `style` and an optional second painting `style2` (blended with
-`style_blend_weights`). Video settings (temporal_weight, video_mode, ...) are accepted with a clip only. An
-unknown field or an invalid value is a 422 naming it; nothing is ever dropped silently. Server defaults
-where a field is empty: `max_size` 256, and `steps` 300 (a clip: 100 per frame) unless the preset sets its
-own (the quality preset runs its 100 iterations).
+`style_blend_weights`); spatial control (docs/spatial-control.md, photos only): optional masks
+`style_region` and `style2_region` (where each painting applies: one per painting, or none) and
+`style_region_source`, `style2_region_source` (which part of each painting to take the style from). Video
+settings (temporal_weight, video_mode, ...) are accepted with a clip only. An unknown field or an invalid
+value is a 422 naming it; nothing is ever dropped silently. Server defaults where a field is empty:
+`max_size` 256, and `steps` 300 (a clip: 100 per frame) unless the preset sets its own (the quality preset
+runs its 100 iterations).
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from nst_jax import engine, image_io, inputs, settings, video_io
+from nst_jax import engine, image_io, inputs, regions, settings, video_io
 from nst_jax.configs import presets
 from nst_jax.errors import NstJaxError
-from nst_jax.server.worker import AUDIO_FILE, CLIP_FILE, FRAMES_DIR, STYLE_FILES, job_config
+from nst_jax.server.worker import AUDIO_FILE, CLIP_FILE, FRAMES_DIR, REGION_FILES, SOURCE_FILES, STYLE_FILES, job_config
 
-FILE_FIELDS = ("content", "video", "style", "style2")
+IMAGE_FIELDS = ("content", "style", "style2")
+REGION_FIELDS = ("style_region", "style2_region")
+SOURCE_FIELDS = ("style_region_source", "style2_region_source")
+FILE_FIELDS = IMAGE_FIELDS + ("video",) + REGION_FIELDS + SOURCE_FIELDS
+OPTIONAL_FILES = ("style2",) + REGION_FIELDS + SOURCE_FIELDS
 SETTING_FIELDS = settings.NAMES + tuple(settings.SHORTHANDS)
 DEFAULT_SIZE = 256
 DEFAULT_STEPS = 300
@@ -71,13 +78,13 @@ def split_form(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, 
     is_file = not isinstance(value, str)
     if key in FILE_FIELDS:
       if not is_file:
-        if key == "style2" and value.strip() == "":
-          continue  # An empty field keeps the default: no second painting.
+        if key in OPTIONAL_FILES and value.strip() == "":
+          continue  # An empty field keeps the default: no second painting, no region.
         kind = "a video file" if key == "video" else "an image file"
         raise SubmitError(422, f"{key}: {kind} is expected, not text")
       files[key] = value
     elif is_file:
-      raise SubmitError(422, f"unknown file field {key!r}: the files are content (or video), style and style2")
+      raise SubmitError(422, f"unknown file field {key!r}: the files are {', '.join(FILE_FIELDS)}")
     else:
       fields[key] = value
   if "content" in files and "video" in files:
@@ -140,20 +147,47 @@ def _capped(image: np.ndarray, longest: int) -> np.ndarray:
   return image if max(image.shape[:2]) <= longest else image_io.resize_longest(image, longest)
 
 
-def write_inputs(folder: str, content: np.ndarray, styles: list[np.ndarray], config, limits: Limits) -> dict:
-  """Writes `content.png`, `style.png` (and `style2.png`) into the new job folder; returns its size fields.
+def region_masks(masks: dict[str, np.ndarray], num_styles: int) -> tuple[list | None, list | None]:
+  """The decoded mask uploads by field -> `(regions, sources)` lists in painting order (None when absent);
+  a region or source for a painting that was not given is a 422."""
+  lists = []
+  for fields in (REGION_FIELDS, SOURCE_FIELDS):
+    given = [name for name in fields if name in masks]
+    extra = [name for name in given if fields.index(name) >= num_styles]
+    if extra:
+      raise SubmitError(422, f"{extra[0]}: there is no second painting (style2) for it")
+    if not given:
+      lists.append(None)
+    elif len(given) != num_styles and fields is REGION_FIELDS:
+      raise SubmitError(422, f"{len(given)} style region(s) for {num_styles} paintings: give "
+                             f"{' and '.join(fields[:num_styles])}, or none")
+    else:
+      lists.append([masks.get(name) for name in fields[:num_styles]])
+  return lists[0], lists[1]
+
+
+def write_inputs(folder: str, content: np.ndarray, styles: list[np.ndarray], config, limits: Limits,
+                 masks: dict[str, np.ndarray] | None = None) -> dict:
+  """Writes `content.png`, `style.png` (and `style2.png`, and the region masks) into the new job folder;
+  returns its size fields.
 
   Inputs are kept as uploaded (8-bit, lossless) unless larger than the server's largest output, so a job
   prepares them exactly as the command prepares the same files (`inputs.load_job`).
   """
   photo, _ = inputs.prepare_content(content, int(config.max_size))  # Checks it; the job prepares it again.
+  region_list, source_list = region_masks(masks or {}, len(styles))
+  regions.check(region_list, source_list, content.shape, [s.shape for s in styles])
   stages = engine.plan(config, photo.shape)
   os.makedirs(folder)
   try:
     image_io.save_image(os.path.join(folder, "content.png"), _capped(content, limits.max_size))
+    cap = max(limits.max_size, inputs.style_size(config))
     for name, style in zip(STYLE_FILES, styles):
-      cap = max(limits.max_size, inputs.style_size(config))
       image_io.save_image(os.path.join(folder, name), _capped(style, cap))
+    for files, masks_of in ((REGION_FILES, region_list), (SOURCE_FILES, source_list)):
+      for name, mask in zip(files, masks_of or []):
+        if mask is not None:  # As uploaded (a colour mask is converted when the job reads it, as the command).
+          image_io.save_image(os.path.join(folder, name), _capped(mask, cap))
   except Exception:
     shutil.rmtree(folder, ignore_errors=True)
     raise

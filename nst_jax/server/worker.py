@@ -29,7 +29,7 @@ import traceback
 import ml_collections
 import numpy as np
 
-from nst_jax import color, engine, image_io, inputs, settings
+from nst_jax import color, engine, image_io, inputs, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.server.jobs import JobStore
 
@@ -37,6 +37,9 @@ log = logging.getLogger("nst_jax.server")
 
 STYLE_FILES = ("style.png", "style2.png")
 FRAMES_DIR, CLIP_FILE, AUDIO_FILE, VIDEO_RESULT = "frames", "clip.json", "audio.m4a", "result.mp4"
+REGION_FILES = ("style_region.png", "style2_region.png")
+SOURCE_FILES = ("style_region_source.png", "style2_region_source.png")
+TILE_PREVIEW_BASE = "tile.png"  # A job's mosaic (tile_preview N) is tile.tileNxN.png in its folder.
 LOG_POINTS = 60  # Loss points per job when the job does not set log_every.
 VIDEO_CHECKPOINT_STEPS = 50  # A video frame's checkpoint every this many steps (and at its end and at stops).
 
@@ -59,8 +62,13 @@ def load_job(store: JobStore, job: dict) -> engine.Job:
   """The engine job of a stored job: its inputs prepared as the command prepares files (`inputs.load_job`)."""
   styles = style_paths(store, job["id"])
   config = job_config(job["options"], len(styles))
+  masks = {}
+  for name, files in (("style_regions", REGION_FILES), ("style_region_sources", SOURCE_FILES)):
+    paths = [store.path(job["id"], f) for f in files[:len(styles)]]
+    paths = [p if os.path.exists(p) else None for p in paths]
+    masks[name] = paths if any(paths) else None
   loaded, _ = inputs.load_job(store.path(job["id"], "content.png"), styles, config, name=job["id"],
-                              checkpoint_dir=store.checkpoint_dir(job["id"]))
+                              checkpoint_dir=store.checkpoint_dir(job["id"]), **masks)
   return loaded
 
 
@@ -277,6 +285,7 @@ class _JobHooks:
     job_id = run.job.name
     image = run.final_image()
     image_io.save_image(self.store.path(job_id, "result.png"), image)
+    tiles.write_preview(self.store.path(job_id, TILE_PREVIEW_BASE), image, int(run.config.tile_preview))
     image_io.save_image(self.store.path(job_id, "preview.jpg"), image)
     self.store.update_progress(job_id, run.step, new_preview=True)
     self.store.finish(job_id, "done")

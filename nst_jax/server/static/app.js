@@ -165,13 +165,8 @@ function showPresetValues(name) {
   $("opt-optimizer").value = p.optimizer || "adam";
 }
 
-async function submitJob(event) {
-  event.preventDefault();
-  $("form-error").textContent = "";
-  if ((!state.files.content && !state.files.video) || !state.files.style) {
-    $("form-error").textContent = "Choose a photo (or a clip) and a painting first.";
-    return;
-  }
+async function formData() {
+  // The form as multipart data; throws when a region cannot be drawn.
   const data = new FormData();
   if (state.files.video) {
     data.append("video", state.files.video, state.files.video.name);
@@ -188,6 +183,13 @@ async function submitJob(event) {
     data.append("style_blend_weights", (100 - share) + "," + share);
   }
   data.append("preserve_colors", $("opt-preserve-colors").value);
+  if ($("opt-region").value) {
+    try {
+      await appendRegions(data);
+    } catch (e) {
+      throw new Error("Could not draw the region: " + e.message);
+    }
+  }
   const preset = document.querySelector("input[name=preset]:checked");
   data.append("preset", preset ? preset.value : state.config.default_preset);
   [["opt-size", "max_size"], ["opt-steps", "steps"], ["opt-content-weight", "content_weight"],
@@ -196,8 +198,40 @@ async function submitJob(event) {
     if (value !== "") data.append(key, value);
   });
   if ($("advanced").open) data.append("optimizer", $("opt-optimizer").value);
+  if ($("opt-tile").checked) data.append("tile", "true");
+  return data;
+}
+
+async function estimateJob() {
+  $("form-error").textContent = "";
+  if (!state.files.content || !state.files.style) {
+    $("form-error").textContent = "Choose a photo and a painting first.";
+    return;
+  }
+  $("estimate").disabled = true;
+  $("estimate-text").textContent = "Compiling and timing a few steps...";
+  try {
+    const cost = await api("/api/estimate", { method: "POST", body: await formData() });
+    $("estimate-text").textContent = cost.lines.join("\n") +
+      (cost.fits ? "" : "\nDoes not fit the free memory" + (cost.max_size ? ": try size " + cost.max_size : ""));
+  } catch (e) {
+    $("estimate-text").textContent = "";
+    $("form-error").textContent = e.message;
+  } finally {
+    $("estimate").disabled = false;
+  }
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  $("form-error").textContent = "";
+  if ((!state.files.content && !state.files.video) || !state.files.style) {
+    $("form-error").textContent = "Choose a photo (or a clip) and a painting first.";
+    return;
+  }
   $("submit").disabled = true;
   try {
+    const data = await formData();
     const job = await api("/api/jobs", { method: "POST", body: data });
     rememberJob(job.id);
     showJob(job.id);
@@ -207,6 +241,43 @@ async function submitJob(event) {
   } finally {
     $("submit").disabled = false;
   }
+}
+
+// ---- spatial control: the region as a mask (docs/spatial-control.md) ----------------------------------------
+
+function regionRect() {
+  const pct = (id) => Math.min(100, Math.max(0, Number($(id).value) || 0)) / 100;
+  const halves = { left: [0, 0, 0.5, 1], right: [0.5, 0, 0.5, 1], top: [0, 0, 1, 0.5], bottom: [0, 0.5, 1, 0.5] };
+  return halves[$("opt-region").value] || [pct("rect-x"), pct("rect-y"), pct("rect-w"), pct("rect-h")];
+}
+
+function maskBlob(width, height, rect, inside) {
+  // A greyscale PNG of the photo's aspect ratio: `inside` colour in the rectangle, the other colour around it.
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = inside ? "#000" : "#fff";
+  ctx.fillRect(0, 0, width, height);
+  ctx.fillStyle = inside ? "#fff" : "#000";
+  ctx.fillRect(Math.round(rect[0] * width), Math.round(rect[1] * height), Math.round(rect[2] * width),
+               Math.round(rect[3] * height));
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+async function appendRegions(data) {
+  // The painting's region (and the rest for a second painting), drawn at the photo's aspect ratio.
+  const bitmap = await createImageBitmap(state.files.content);
+  const scale = Math.min(1, 512 / Math.max(bitmap.width, bitmap.height));
+  const width = Math.max(1, Math.round(bitmap.width * scale)), height = Math.max(1, Math.round(bitmap.height * scale));
+  const rect = regionRect();
+  data.append("style_region", await maskBlob(width, height, rect, true), "region.png");
+  if (state.files.style2) data.append("style2_region", await maskBlob(width, height, rect, false), "region2.png");
+}
+
+function showRegionOptions() {
+  $("region-rect").hidden = $("opt-region").value !== "rect";
+  $("region-note").hidden = !$("opt-region").value;
 }
 
 // ---- following one job ---------------------------------------------------------------------------------------
@@ -365,7 +436,9 @@ async function init() {
   setUpDrop("style");
   setUpDrop("style2");
   $("style2-clear").addEventListener("click", clearSecondPainting);
+  $("opt-region").addEventListener("change", showRegionOptions);
   $("job-form").addEventListener("submit", submitJob);
+  $("estimate").addEventListener("click", estimateJob);
   $("cancel-button").addEventListener("click", cancelJob);
   await refreshHistory();
   const active = document.querySelector("#jobs li");

@@ -1,0 +1,147 @@
+"""The cost estimator (nst_jax/cost.py): XLA's memory figures, the refusal under an artificially small free
+memory (a parameter and `NST_JAX_FREE_MEMORY`), the size that would fit, and the command's --dry_run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_image, make_style
+from nst_jax import cost, engine, image_io, settings
+from nst_jax.errors import NstJaxError
+
+SHALLOW = {"content_layers": ("relu2_1",), "style_layers": ("relu1_1", "relu2_1")}
+
+
+@pytest.fixture(scope="module")
+def estimated(random_weights):
+  """One estimate of a 64 px job (probes at 64 and 32 px), shared by the tests."""
+  eng = engine.Engine(random_weights)
+  job = engine.Job(make_image(64, 64), [make_style(48, 48)],
+                   settings.resolve({**SHALLOW, "max_size": 64, "steps": 30, "scales": "32,2,10"}), name="cat")
+  return eng, job, cost.estimate(eng, job, free_bytes=2 ** 40)
+
+
+def test_estimate_reads_xla_memory_analysis_at_two_sizes(estimated):
+  eng, job, found = estimated
+  full, half = found.probes
+  assert (full.shape, half.shape) == ((64, 64), (32, 32))
+  for probe in (full, half):
+    assert probe.argument_bytes > 0 and probe.temp_bytes > 0
+    assert probe.peak_bytes == probe.argument_bytes + probe.temp_bytes + probe.output_bytes - probe.alias_bytes
+    assert probe.step_seconds > 0
+  assert full.argument_bytes > half.argument_bytes  # Bigger state and content targets.
+  assert full.peak_bytes > half.peak_bytes
+  assert found.peak_bytes == full.peak_bytes and found.fits
+  assert found.stage_steps == [((32, 32), 10), ((64, 64), 30)]
+  # The 32 px stage's time is the half-size probe's (the fitted line passes through it).
+  np.testing.assert_allclose(found.stage_seconds(), [10 * half.step_seconds, 30 * full.step_seconds], rtol=1e-6)
+  assert found.run_seconds == pytest.approx(sum(found.stage_seconds()) + 2 * full.compile_seconds)
+  text = "\n".join(found.lines())
+  assert "XLA memory analysis" in text and "largest max_size" in text and "s per step" in text
+
+
+def test_largest_size_follows_the_fitted_line(estimated):
+  _, _, found = estimated
+  full, half = found.probes
+  slope = (full.peak_bytes - half.peak_bytes) / (full.pixels - half.pixels)
+  for free in (half.peak_bytes, (half.peak_bytes + full.peak_bytes) // 2, full.peak_bytes, 4 * full.peak_bytes):
+    found.free_bytes = free
+    size = found.max_size()
+    predicted = lambda side: full.peak_bytes + slope * (side * side - full.pixels)
+    assert predicted(size) <= free < predicted(size + 1)
+  found.free_bytes = half.peak_bytes // 4
+  assert found.max_size() == 0
+  found.free_bytes = 2 ** 40
+
+
+def test_refusal_names_the_size_that_fits(estimated, random_weights):
+  eng, job, found = estimated
+  full, half = found.probes
+  free = (full.peak_bytes + half.peak_bytes) // 2
+  with pytest.raises(NstJaxError) as caught:
+    cost.preflight(eng, [job], free_bytes=free, log=lambda line: None)
+  message = str(caught.value)
+  assert "\n" not in message and message.startswith("cat: the step needs about")
+  size = int(message.split("--max_size ")[1].split()[0])
+  assert 32 <= size < 64 and "--force" in message
+  # The size it names does fit, by XLA's analysis of the program compiled at that size.
+  smaller = engine.Job(image_io.resize(job.content, (size, size)), job.styles, job.config)
+  assert cost.probe(eng, smaller, (size, size), remat=False).peak_bytes <= free * 1.02
+  cost.preflight(eng, [job], free_bytes=free, force=True, log=lambda line: None)  # --force: no refusal.
+  with pytest.raises(NstJaxError, match="no size fits"):
+    cost.preflight(eng, [job], free_bytes=1024, log=lambda line: None)
+
+
+def test_free_memory_from_the_environment(monkeypatch):
+  monkeypatch.setenv(cost.FREE_MEMORY_ENV, "300M")
+  assert cost.free_memory() == (300 * 2 ** 20, cost.FREE_MEMORY_ENV)
+  assert cost.parse_bytes("2G") == 2 ** 31 and cost.parse_bytes("1024") == 1024
+  assert cost.parse_bytes("1.5KiB") == 1536
+  monkeypatch.setenv(cost.FREE_MEMORY_ENV, "lots")
+  with pytest.raises(NstJaxError, match="NST_JAX_FREE_MEMORY must be"):
+    cost.free_memory()
+  monkeypatch.delenv(cost.FREE_MEMORY_ENV)
+  free, source = cost.free_memory()
+  assert free > 0 and source
+
+
+def test_batch_preflight_estimates_each_compiled_batch(random_weights):
+  eng = engine.Engine(random_weights, max_batch=2)
+  jobs = [engine.Job(make_image(32, 32, seed=i), [make_style(32, 32)],
+                     settings.resolve({**SHALLOW, "max_size": 32, "steps": 3, "tile": i == 2})) for i in range(3)]
+  lines = []
+  found = cost.preflight(eng, jobs, free_bytes=2 ** 40, log=lines.append)
+  assert [e.batch for e in found] == [2, 1]  # Two untiled jobs share a batch; the tiled one is alone.
+  assert found[0].peak_bytes > found[1].peak_bytes
+  assert sum(line.startswith("cost:") for line in lines) == 6
+
+
+def test_command_refuses_dry_runs_and_forces(tmp_path):
+  from stylize_cli_test import nst_jax
+  Image.fromarray(image_io.to_uint8(make_image(40, 40))).save(tmp_path / "c.png")
+  Image.fromarray(image_io.to_uint8(make_style(40, 40))).save(tmp_path / "s.png")
+  (tmp_path / "home").mkdir()
+  common = ["--content", tmp_path / "c.png", "--style", tmp_path / "s.png", "--weights", "random", "--max_size", 40,
+            "--steps", 2, "--content_layers", "relu2_1", "--style_layers", "relu1_1,relu2_1", "--noprogress"]
+  small = {cost.FREE_MEMORY_ENV: "2M"}  # 40 px with shallow layers needs ~4 MiB.
+  result = nst_jax(*common, "--output", tmp_path / "out.png", home=tmp_path / "home", env=small)
+  assert result.returncode == 2, result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "2.0 MiB is free" in errors[0] and "(or --force" in errors[0]
+  assert "Traceback" not in result.stderr and not (tmp_path / "out.png").exists()
+  assert "cost:" in result.stderr  # The figures came first.
+  result = nst_jax(*common, "--workdir", tmp_path / "run", home=tmp_path / "home", env=small)
+  assert result.returncode == 2 and not (tmp_path / "run").exists()
+  result = nst_jax(*common, "--dry_run", home=tmp_path / "home", env=small)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.count("cost:") == 3 and "dry run: does not fit" in result.stdout
+  assert not list(tmp_path.glob("*.png"))[2:]  # Only the two inputs.
+  result = nst_jax(*common, "--output", tmp_path / "out.png", "--force", home=tmp_path / "home", env=small)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "out.png").exists()
+
+
+def test_server_estimate_endpoint_and_tile_preview(tmp_path, random_weights):
+  """The page's estimate before queueing (`POST /api/estimate`), and a tiled job's mosaic."""
+  import io
+  from fastapi.testclient import TestClient
+  from nst_jax.server.app import create_app
+  from web_helpers import png_bytes, wait_for
+  app = create_app(data_dir=str(tmp_path / "data"), weights=random_weights, rate_limit=0, batch_wait=0.1)
+  files = {"content": ("photo.png", png_bytes(0), "image/png"), "style": ("painting.png", png_bytes(1), "image/png")}
+  fields = {"max_size": 32, "steps": 4, "content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1"}
+  with TestClient(app) as client:
+    r = client.post("/api/estimate", files=files, data=fields)
+    assert r.status_code == 200, r.text
+    found = r.json()
+    assert (found["width"], found["height"]) == (32, 26) and found["peak_bytes"] > 0 and found["fits"]
+    assert found["step_seconds"] > 0 and found["max_size"] > 32 and len(found["lines"]) == 3
+    assert client.get("/api/jobs").json() == []  # Nothing was queued.
+    assert client.post("/api/estimate", files=files, data={"tile_preview": 99}).status_code == 422
+    r = client.post("/api/jobs", files=files, data={**fields, "tile": "true", "tile_preview": 2})
+    job = wait_for(lambda: client.get(f"/api/jobs/{r.json()['id']}").json())
+    assert job["status"] == "done", job
+    mosaic = client.get(f"/api/jobs/{job['id']}/tile_preview")
+    assert mosaic.status_code == 200 and Image.open(io.BytesIO(mosaic.content)).size == (64, 52)

@@ -229,6 +229,8 @@ def run_video(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], config
   frames = check_frames(frames)
   styles = engine.as_style_list(styles)
   settings.validate(config, len(styles))
+  if int(config.tile_preview):  # A mosaic of a clip is not written anywhere: say so rather than ignore it.
+    raise NstJaxError("tile_preview is a setting of pictures; nst-jax video does not write mosaics")
   offsets = settings.temporal_offsets(config)
   plan = pass_plan(config)
   if workdir:

@@ -11,10 +11,10 @@ and gradient at the current point again and then at least once in its line searc
 optax reuses the last line search's value and gradient (one per accepted first trial). The table therefore
 also gives evaluations per step and seconds per evaluation (the cost of the loss and gradient itself); the
 final losses after the same number of steps say which reached further. Each (framework, size) runs in its
-own subprocess so that the peak memory (`ru_maxrss`) of one does not mix with another's. Timing: one warm-up step (JAX: after an
-explicit compile, timed separately), then the mean over `--steps` steps, each waited for. The JAX side steps
-the program the engine runs (`optimize.Stylizer.step`, vmapped, with a batch of one and a per-item budget
-that is never reached).
+own subprocess so that the peak memory (`ru_maxrss`) of one does not mix with another's. Timing: one
+warm-up step (JAX: after an explicit compile, timed separately), then the mean over `--steps` steps, each
+waited for. The JAX side steps the program the engine runs (`optimize.Stylizer.step`, vmapped, with a
+batch of one and a per-item budget that is never reached).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
   frame t and output t-1 warped by the flow, over the pixels the occlusion mask keeps) of per-frame
   stylisation (each frame on its own from the photo: what `nst-jax` does for one picture), `video`
   sequential and `video` multipass, at the same steps per frame, on (a) a synthetic clip (a picture panned
-  2 px per frame plus a square moving the other way) and (b) a clip cut from a photo of /work/shared/data
+  2 px per frame plus a square moving the other way) and (b) a clip cut from a photo of ../shared/data
   (pan and zoom). Target: sequential and multipass E <= 1/4 of per-frame.
 - warm: in a sequential run, the steps a later frame needs to reach the first frame's final loss (content +
   style + tv, the temporal term left out), as a share of the steps per frame. Target <= 50%.
@@ -30,6 +30,7 @@ from absl import app, flags, logging
 from nst_jax import engine, flow, hooks, image_io, settings, video, weights as weights_lib
 from nst_jax.commands import common
 
+SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 flags.DEFINE_list("what", ["error", "warm", "speed"], "Figures to measure: error, warm, speed.")
 flags.DEFINE_integer("size", 48, "Longest side of the frames (error, warm).")
 flags.DEFINE_integer("speed_size", 256, "Longest side of the frames for the speed figures.")
@@ -40,8 +41,9 @@ flags.DEFINE_integer("speed_frames", 8, "Frames for the speed figures.")
 flags.DEFINE_list("batches", ["1", "4", "8"], "Multipass batch sizes for frames per second.")
 flags.DEFINE_list("speed_parts", ["modes", "batches"], "Speed figures: modes (s per frame), batches (frames/s).")
 flags.DEFINE_list("clips", ["synthetic", "photo"], "Clips: synthetic, photo.")
-flags.DEFINE_string("photo", "/work/shared/data/content/tubingen.jpg", "Photo the pan-and-zoom clip is cut from.")
-flags.DEFINE_string("style", "/work/shared/data/styles/starry_night.jpg", "Style painting.")
+flags.DEFINE_string("photo", os.path.join(SHARED_DATA, "content/tubingen.jpg"),
+                    "Photo the pan-and-zoom clip is cut from.")
+flags.DEFINE_string("style", os.path.join(SHARED_DATA, "styles/starry_night.jpg"), "Style painting.")
 flags.DEFINE_list("settings", [], "More settings as NAME=VALUE (e.g. temporal_weight=1e9,passes=4).")
 flags.DEFINE_string("weights", "random", "VGG19 weights (see nst-jax --help).")
 FLAGS = flags.FLAGS

@@ -34,9 +34,10 @@ from nst_jax import engine, image_io, inputs, optimize, settings, vgg_normalize,
 from nst_jax.configs import presets
 
 FLAGS = flags.FLAGS
+SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 flags.DEFINE_enum("measure", "sweep", ["sweep", "consistency", "sizes", "invariance", "convert"],
                   "What to measure.")
-flags.DEFINE_string("data", "/work/shared/data", "Folder with content/ and styles/.")
+flags.DEFINE_string("data", SHARED_DATA, "Folder with content/ and styles/.")
 flags.DEFINE_list("contents", [], "Photo file stems (empty = all).")
 flags.DEFINE_list("styles", [], "Painting file stems (empty = all).")
 flags.DEFINE_list("normalization", ["gatys", "invariant"], "Loss normalisations to compare.")

@@ -1,8 +1,8 @@
 """How seamless is a `--tile` result? Mean absolute difference across the wrap-around seam vs between
 neighbouring columns (rows) inside, on a real photo, with and without `tile`.
 
-    python scripts/tile_seams.py --content /work/shared/data/content/chelsea.png \
-        --style /work/shared/data/styles/starry_night.jpg --max_size 96 --steps 60 [--init noise] [--weights random]
+    python scripts/tile_seams.py --content ../shared/data/content/chelsea.png \
+        --style ../shared/data/styles/starry_night.jpg --max_size 96 --steps 60 [--init noise] [--weights random]
 
 Prints one row per run: the seam's difference (last column vs first, last row vs first) and the mean and
 95th percentile of the differences between neighbouring columns (rows) inside the picture.
@@ -17,8 +17,9 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("content", "/work/shared/data/content/chelsea.png", "Photo.")
-flags.DEFINE_string("style", "/work/shared/data/styles/starry_night.jpg", "Painting.")
+SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+flags.DEFINE_string("content", os.path.join(SHARED_DATA, "content/chelsea.png"), "Photo.")
+flags.DEFINE_string("style", os.path.join(SHARED_DATA, "styles/starry_night.jpg"), "Painting.")
 flags.DEFINE_integer("max_size", 128, "Output longest side.")
 flags.DEFINE_integer("steps", 100, "Adam steps.")
 flags.DEFINE_string("weights", "random", "VGG19 weights (a file, or 'random').")

@@ -2,7 +2,9 @@
 `--workdir` interrupted by SIGINT and run again, a one-row manifest (`nst-jax batch`) and the web API.
 
 The job uses the features that used to be honoured by some paths only: two blended paintings (3:1) of
-different aspect ratios, `preserve_colors luminance`, a two-scale coarse-to-fine schedule and Adam.
+different aspect ratios, `preserve_colors luminance`, a two-scale coarse-to-fine schedule and Adam, plus
+the later settings: `tile` (circular padding) and, by default, `loss_normalization invariant`.
+Spatial control has its own test through every path (tests/regions_paths_test.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from nst_jax import image_io, inputs, optimize, rundir, settings, vgg
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {"max_size": 64, "steps": 40, "optimizer": "adam", "style_blend_weights": "3,1",
             "preserve_colors": "luminance", "scales": "32,2,10", "style_weight": 1e3, "log_every": 1,
-            "content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1"}
+            "content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1", "tile": True}
 PNG_TOLERANCE = 1.0 / 255 + 1e-6
 
 

@@ -247,6 +247,9 @@ def test_command_bad_inputs_are_one_line_errors(clip, style, tmp_path):
       (["--input", mixed, "--max_size=100000"], "error: max_size"),
       (["--input", mixed, "--temporal_frames=0"], "error: temporal_frames"),
       (["--input", mixed, "--content=x.png"], "error: --content is a flag of nst-jax (pictures)"),
+      (["--input", mixed, "--style_region=x.png"], "error: --style_region is a flag of nst-jax (pictures)"),
+      (["--input", mixed, "--dry_run"], "error: --dry_run is a flag of nst-jax (pictures)"),
+      (["--input", write_folder(tmp_path / "good", clip), "--tile_preview=2"], "error: tile_preview is a setting"),
   ]
   for extra, message in cases:
     out = tmp_path / "out.mp4"

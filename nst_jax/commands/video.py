@@ -41,7 +41,8 @@ _SHARED = {
     "checkpoint_every": "With --workdir: save a frame's checkpoint every N steps (and at its end).",
     "weights": None, "progress": None, "compilation_cache": None,
 }
-_PICTURE_ONLY = ("content", "keep_checkpoints", "async_checkpoints", "snapshot_every")
+_PICTURE_ONLY = ("content", "keep_checkpoints", "async_checkpoints", "snapshot_every", "style_region",
+                 "style_region_source", "dry_run", "force")
 
 
 def _help() -> str:

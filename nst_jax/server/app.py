@@ -480,8 +480,8 @@ def _view(store: JobStore, job: dict) -> dict:
     eta = max(0.0, steps_left / job["steps_per_second"])
   has_style2 = os.path.exists(store.path(job["id"], "style2.png"))
   return JobView(
-      id=job["id"], status=job["status"], kind=job["kind"], label=job["label"], created=job["created"], started=job["started"],
-      finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
+      id=job["id"], status=job["status"], kind=job["kind"], label=job["label"], created=job["created"],
+      started=job["started"], finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
       height=job["height"], options=job["options"], error=job["error"], batch_size=job["batch_size"],
       checkpoint_step=job["checkpoint_step"], resumed_from=job["resumed_from"],
       queue_position=store.queue_position(job), eta_seconds=eta,

@@ -28,7 +28,8 @@ from PIL import Image
 from nst_jax import engine, image_io, inputs, regions, settings, video_io
 from nst_jax.configs import presets
 from nst_jax.errors import NstJaxError
-from nst_jax.server.worker import AUDIO_FILE, CLIP_FILE, FRAMES_DIR, REGION_FILES, SOURCE_FILES, STYLE_FILES, job_config
+from nst_jax.server.worker import (AUDIO_FILE, CLIP_FILE, FRAMES_DIR, REGION_FILES, SOURCE_FILES, STYLE_FILES,
+                                   job_config)
 
 IMAGE_FIELDS = ("content", "style", "style2")
 REGION_FIELDS = ("style_region", "style2_region")

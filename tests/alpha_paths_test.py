@@ -133,6 +133,10 @@ def test_a_jpeg_output_or_a_fully_transparent_photo_is_one_line(files):
     assert result.returncode != 0 and words in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") <= 1, result.stderr
     assert not (folder / output).exists()
+  result = run("experiments", "--experiment=optimizers", f"--content={paths['content']}",
+               f"--style={paths['style']}", f"--out_dir={folder / 'exp'}", "--weights=random", cwd=folder)
+  assert result.returncode != 0 and "experiments do not keep alpha" in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") <= 1, result.stderr
   path = folder / "bad.csv"
   path.write_text(f"content,style,output\n{paths['content']},{paths['style']},{folder / 'row.jpg'}\n")
   (row,) = manifest.load_rows(str(path))

@@ -398,7 +398,9 @@ class Engine:
     alpha, loss_regions = None, regions
     if run.alpha is not None or any(a is not None for a in run.style_alphas):  # Transparency: as regions.
       alpha = None if run.alpha is None else regions_lib.resize_mask(run.alpha, stage.shape)
-      loss_regions = regions or [np.ones(stage.shape, np.float32)] * len(styles)
+      # Without regions, n paintings each cover 1/n of every pixel: the sum of their region terms has the
+      # gradient of the blended Gram's term (sum_i w_i |G - A_i|^2 = |G - sum_i w_i A_i|^2 + constant).
+      loss_regions = regions or [np.full(stage.shape, 1.0 / len(styles), np.float32)] * len(styles)
       sources = alpha_lib.combine_sources(sources, [None if a is None else regions_lib.resize_mask(a, s.shape[:2])
                                                     for a, s in zip(run.style_alphas, styles)], len(styles))
     run.targets = optimize.targets_from_config(self.raw_weights, config, content, styles,

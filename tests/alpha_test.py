@@ -102,3 +102,23 @@ def test_an_opaque_rgba_image_behaves_exactly_as_rgb(tmp_path):
   Image.fromarray(image_io.to_uint8(opaque)).save(path)
   job, _ = inputs.load_job(path, [path], config)
   assert job.content.shape == (32, 32, 3) and job.num_regions == 0
+
+
+def test_blended_paintings_with_alpha_keep_the_blend_gradient():
+  """Without regions, n paintings under an alpha are n regions of 1/n: with an all-ones alpha the gradient
+  is the blended Gram's, so transparency does not change what a blend means."""
+  import jax
+  config = settings.resolve({"max_size": 32, **SETTINGS}, num_styles=2)
+  spec = optimize.loss_spec_from_config(config)
+  weights = vgg.random_weights(0)
+  content, styles = make_image(32, 32), [make_style(32, 32, seed=1), make_style(24, 40, seed=2)]
+  common = dict(content_weight=1.0, style_weight=1e3, tv_weight=0.0, style_blend_weights=(3.0, 1.0))
+  plain = optimize.make_targets(weights, spec, content, styles, **common)
+  halves = [np.full((32, 32), 0.5, np.float32)] * 2
+  with_alpha = optimize.make_targets(weights, spec, content, styles, regions=halves,
+                                     alpha=np.ones((32, 32), np.float32), **common)
+  loss_fn = optimize.make_loss_fn(spec)
+  image = make_image(32, 32, seed=5)
+  grad = lambda t: np.asarray(jax.grad(lambda x: loss_fn(x, t, weights)[0])(image))
+  expected = grad(plain)
+  np.testing.assert_allclose(grad(with_alpha), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

@@ -222,8 +222,12 @@ def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_feature
       grams[name].append(losses.guided_gram_matrix(f, mask) * (out_positions / (f.shape[0] * f.shape[1])))
   regions = np.asarray(regions, np.float32)  # [R, H, W]
   weight_map = content_weight_map(regions, outside_content_weight)
+  content_scale = {}
   if alpha is not None:
     regions, weight_map = regions * alpha, weight_map * alpha
+    visible = _visible_scales(spec, np.asarray(alpha, np.float32), content_features)
+    content_scale, region_weights = visible["content"], np.asarray(region_weights) * visible["style"]
+    content_weight, tv_weight = content_weight * visible["content_weight"], tv_weight * visible["tv"]
   masks = {name: jnp.stack([losses.downsample_mask(r, name) for r in regions]) for name in spec.style_layers}
   return Targets(
       content_features={name: content_features[name] for name in spec.content_layers},
@@ -233,7 +237,29 @@ def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_feature
       tv_weight=jnp.float32(tv_weight),
       style_masks=masks,
       region_weights=jnp.asarray(region_weights, jnp.float32),
-      content_masks={name: losses.downsample_mask(weight_map, name) for name in spec.content_layers})
+      content_masks={name: losses.downsample_mask(weight_map, name) * content_scale.get(name, 1.0)
+                     for name in spec.content_layers})
+
+
+def _visible_scales(spec: LossSpec, alpha: np.ndarray, content_features: dict) -> dict:
+  """Factors that make a transparent picture's loss that of its visible part alone (docs/transparency.md).
+
+  With k = M / sum(alpha) (all positions over visible ones), a term averaged over the M positions is
+  multiplied by k, so that each visible pixel feels the pressure it would in a picture of the visible size:
+  the style terms (their Gram matrices average over the positions: their weight `sum(m) / M` becomes
+  `sum(m) / sum(alpha)`), the content term under `mean` and TV under `invariant`; under `invariant` the
+  content term's denominator `||P||^2` is taken over the visible pixels (a factor per content layer).
+  """
+  k = alpha.size / max(float(alpha.sum()), 1e-6)
+  norm = spec.loss_normalization
+  content = {}
+  if norm == "invariant":
+    for name in spec.content_layers:
+      p = np.square(np.asarray(content_features[name], np.float64)).sum(axis=-1)
+      seen = float((np.asarray(losses.downsample_mask(jnp.asarray(alpha), name), np.float64) * p).sum())
+      content[name] = float(p.sum()) / max(seen, 1e-30)
+  return {"content": content, "style": k, "content_weight": k if norm == "mean" else 1.0,
+          "tv": k if norm == "invariant" else 1.0}
 
 
 def targets_from_config(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, content, styles,

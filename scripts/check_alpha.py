@@ -5,7 +5,8 @@
 The photo's right half is made fully transparent; the result of that RGBA photo is compared with a run on
 the opaque left half alone (same painting size, same settings), and so is the left half of a run on the
 whole opaque photo (how much the other half matters without alpha),
-and the half alone nudged by less than an 8-bit level (the noise floor of the optimisation): its alpha must come back exactly, and its
+and the half alone nudged by less than an 8-bit level (the noise floor of the optimisation): its alpha
+must come back exactly, and its
 opaque half should be stylised as if the transparent half were absent. Prints the mean absolute
 difference over the opaque half, in the 16 px band next to the transparent half and away from it, next to
 how much the stylisation changed the photo, and `uptime` (the machine is shared).

@@ -34,7 +34,8 @@ def test_keep_alpha_loading_and_rgba_saving(tmp_path):
   for ext in ("png", "webp", "tiff"):
     out = str(tmp_path / f"out.{ext}")
     image_io.save_image(out, loaded)
-    assert np.array_equal(image_io.to_uint8(image_io.open_image_keep_alpha(out)[..., 3]), image_io.to_uint8(rgba[..., 3]))
+    kept = image_io.open_image_keep_alpha(out)[..., 3]
+    assert np.array_equal(image_io.to_uint8(kept), image_io.to_uint8(rgba[..., 3]))
   with pytest.raises(NstJaxError, match=r"cannot store alpha; use \.png, \.webp or \.tiff"):
     image_io.save_image(str(tmp_path / "out.jpg"), loaded)
   opaque = rgba.copy()

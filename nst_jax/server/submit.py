@@ -102,7 +102,8 @@ def parse_options(fields: dict[str, str], limits: Limits, num_styles: int) -> tu
 
 
 def decode_upload(data: bytes, what: str, max_pixels: int, keep_alpha: bool = True) -> np.ndarray:
-  """Upload bytes -> float32 `[H, W, 3]` (`[H, W, 4]` if transparent: `nst_jax.alpha`); `SubmitError` 413 (too many pixels) or 415 (not an image)."""
+  """Upload bytes -> float32 `[H, W, 3]` (`[H, W, 4]` if transparent and `keep_alpha`: `nst_jax.alpha`);
+  `SubmitError` 413 (too many pixels) or 415 (not an image)."""
   if not data:
     raise SubmitError(415, f"{what}: the file is empty")
   try:

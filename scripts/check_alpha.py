@@ -3,13 +3,12 @@
     python scripts/check_alpha.py --weights random --max_size 128 --steps 100
 
 The photo's right half is made fully transparent; the result of that RGBA photo is compared with a run on
-the opaque left half alone (same painting size, same settings), and so is the left half of a run on the
-whole opaque photo (how much the other half matters without alpha),
-and the half alone nudged by less than an 8-bit level (the noise floor of the optimisation): its alpha
-must come back exactly, and its
-opaque half should be stylised as if the transparent half were absent. Prints the mean absolute
-difference over the opaque half, in the 16 px band next to the transparent half and away from it, next to
-how much the stylisation changed the photo, and `uptime` (the machine is shared).
+the opaque left half alone (same painting size, same settings). Its alpha must come back exactly, and its
+opaque half should be stylised as if the transparent half were absent. For scale, the left half of a run on
+the whole opaque photo and a run on the half alone nudged by less than half an 8-bit level (the noise floor
+of the optimisation) are compared with the half-alone run too. Prints mean absolute differences (over the
+opaque half, in the 16 px band next to the transparent half, and away from it), how much the stylisation
+changed the photo, and `uptime` (the machine is shared).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from nst_jax import batch as mesh_lib, checkpoint, color, image_io, optimize, rundir, settings, tiles, vgg
+from nst_jax import alpha as alpha_lib
 from nst_jax import regions as regions_lib
 from nst_jax.errors import NstJaxError
 
@@ -174,6 +175,8 @@ class Job:
     extra_targets: more `optimize.Targets` fields for this job, e.g. the temporal loss's
       `temporal_images [K, H, W, 3]`, `temporal_masks [K, H, W]`, `temporal_weight` (a scalar). Arrays
       whose axes 1 and 2 are the output's (H, W) are resized to each stage; K decides the compiled loss.
+  `content` and `styles` may be RGBA `[H, W, 4]` (`nst_jax.alpha`, docs/transparency.md): the content's alpha
+  weighs its pixels in the loss and is put back on the result; a painting's alpha selects its pixels.
   """
   content: np.ndarray
   styles: Sequence[np.ndarray]
@@ -187,7 +190,11 @@ class Job:
 
   @property
   def num_regions(self) -> int:
-    return 0 if self.regions is None else len(self.regions)
+    """Regions of the targets: the given ones, or one per painting when an image is transparent."""
+    if self.regions is not None:
+      return len(self.regions)
+    transparent = alpha_lib.has_alpha(self.content) or any(alpha_lib.has_alpha(s) for s in self.styles)
+    return len(self.styles) if transparent else 0
 
 
 @dataclasses.dataclass
@@ -257,10 +264,13 @@ class JobRun:
     settings.validate(job.config, len(job.styles))
     if not len(job.styles):
       raise NstJaxError("at least one style image is needed")
-    self.photo = np.asarray(job.content, np.float32)
-    if self.photo.ndim != 3 or self.photo.shape[-1] != 3:
-      raise NstJaxError(f"content must be [H, W, 3], got shape {self.photo.shape}")
-    self.content, self.styles = color.prepare(self.photo, as_style_list(job.styles), job.config.preserve_colors)
+    self.photo, self.alpha = alpha_lib.split(job.content, "content image")
+    styles, self.style_alphas = [], []
+    for i, style in enumerate(as_style_list(job.styles), start=1):
+      rgb, alpha = alpha_lib.split(style, f"style image {i}")
+      styles.append(rgb)
+      self.style_alphas.append(alpha)
+    self.content, self.styles = color.prepare(self.photo, styles, job.config.preserve_colors)
     _check_extras(job, self.photo.shape)
     self.loss_extras = loss_extras(job)
     self.regions, self.region_sources = regions_lib.check(job.regions, job.region_sources, self.photo.shape,
@@ -302,7 +312,8 @@ class JobRun:
     return np.asarray(jax.device_get(self.state.image))
 
   def final_image(self) -> np.ndarray:
-    return color.finish(self.image(), self.photo, self.config.preserve_colors)
+    """The result: colours finished, and the content's alpha put back unchanged (RGBA) if it has one."""
+    return alpha_lib.attach(color.finish(self.image(), self.photo, self.config.preserve_colors), self.alpha)
 
 
 @dataclasses.dataclass
@@ -438,8 +449,17 @@ class Engine:
       if run.region_sources is not None:
         sources = [None if r is None else regions_lib.resize_mask(r, s.shape[:2])
                    for r, s in zip(run.region_sources, styles)]
+    alpha, loss_regions = None, regions
+    if run.alpha is not None or any(a is not None for a in run.style_alphas):  # Transparency: as regions.
+      alpha = None if run.alpha is None else regions_lib.resize_mask(run.alpha, stage.shape)
+      # Without regions, n paintings each cover 1/n of every pixel: the sum of their region terms has the
+      # gradient of the blended Gram's term (sum_i w_i |G - A_i|^2 = |G - sum_i w_i A_i|^2 + constant).
+      loss_regions = regions or [np.full(stage.shape, 1.0 / len(styles), np.float32)] * len(styles)
+      sources = alpha_lib.combine_sources(sources, [None if a is None else regions_lib.resize_mask(a, s.shape[:2])
+                                                    for a, s in zip(run.style_alphas, styles)], len(styles))
     run.targets = optimize.targets_from_config(self.raw_weights, config, content, styles,
-                                               config.style_blend_weights, regions=regions, region_sources=sources)
+                                               config.style_blend_weights, regions=loss_regions,
+                                               region_sources=sources, alpha=alpha)
     if run.job.extra_targets:
       run.targets = run.targets.replace(**{name: _resize_extra(value, run.photo.shape, stage.shape)
                                            for name, value in run.job.extra_targets.items()})

@@ -1,7 +1,9 @@
 """Image files <-> float32 `[H, W, 3]` RGB arrays in [0, 1] on the host. The only image IO in the package.
 
 Loading applies the EXIF orientation, converts any mode Pillow reads (grayscale, palette, RGBA, CMYK,
-16-bit) to 8-bit-equivalent RGB, and refuses decompression bombs. Saving is atomic: a temporary file in the
+16-bit) to 8-bit-equivalent RGB, and refuses decompression bombs. `open_image_keep_alpha` /
+`load_image_keep_alpha` keep a transparent image's alpha instead (`[H, W, 4]`, docs/transparency.md);
+`save_image` writes RGBA to formats that store alpha. Saving is atomic: a temporary file in the
 destination folder is renamed over the target, so an existing file is never left half-written.
 """
 
@@ -42,6 +44,16 @@ def _to_rgb_float(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
+def _to_float_keep_alpha(img: Image.Image) -> np.ndarray:
+  """A Pillow image -> float32 `[H, W, 4]` (straight alpha, colours as stored) if it has transparency that
+  is not fully opaque, else `[H, W, 3]` as `_to_rgb_float`."""
+  if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    if rgba[..., 3].min() < 1.0:
+      return rgba
+  return _to_rgb_float(img)
+
+
 # Example images shipped inside scikit-image's wheel, usable offline as `skimage:NAME`.
 SKIMAGE_EXAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
                     "retina", "camera", "cat")
@@ -57,12 +69,23 @@ def _skimage_example(name: str) -> np.ndarray:
 def open_image(source, *, max_pixels: int | None = None) -> np.ndarray:
   """Decodes an image file (path or file object) into float32 `[H, W, 3]` RGB in [0, 1].
 
-  `skimage:NAME` (e.g. `skimage:chelsea`) loads an example image that ships with scikit-image.
+  `skimage:NAME` (e.g. `skimage:chelsea`) loads an example image that ships with scikit-image. A
+  transparent image is composited over white (see `open_image_keep_alpha` to keep its alpha).
 
   Raises:
     NstJaxError: missing file, not an image, truncated or corrupt data, zero size, or more than
       `max_pixels` decoded pixels.
   """
+  return _open(source, max_pixels, _to_rgb_float)
+
+
+def open_image_keep_alpha(source, *, max_pixels: int | None = None) -> np.ndarray:
+  """`open_image`, but a transparent image comes as float32 `[H, W, 4]` RGBA (colours not composited);
+  an image without alpha, or whose alpha is fully opaque, comes as `[H, W, 3]`."""
+  return _open(source, max_pixels, _to_float_keep_alpha)
+
+
+def _open(source, max_pixels, convert) -> np.ndarray:
   if isinstance(source, str) and source.startswith("skimage:"):
     return _skimage_example(source.split(":", 1)[1])
   name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "upload")
@@ -85,7 +108,7 @@ def open_image(source, *, max_pixels: int | None = None) -> np.ndarray:
           raise NstJaxError(f"{name}: image has zero size ({width}x{height})")
         img.load()
         img = ImageOps.exif_transpose(img)
-        return _to_rgb_float(img)
+        return convert(img)
   except NstJaxError:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -129,6 +152,14 @@ def resize_longest(image: np.ndarray, longest_side: int) -> np.ndarray:
 def load_image(path, max_size: int | None = None) -> np.ndarray:
   """`open_image`, then resize so the longest side is `max_size` (if given)."""
   image = open_image(path)
+  if max_size is not None:
+    image = resize_longest(image, check_size(max_size, "max_size"))
+  return image
+
+
+def load_image_keep_alpha(path, max_size: int | None = None) -> np.ndarray:
+  """`open_image_keep_alpha`, then resize (alpha too) so the longest side is `max_size` (if given)."""
+  image = open_image_keep_alpha(path)
   if max_size is not None:
     image = resize_longest(image, check_size(max_size, "max_size"))
   return image
@@ -190,11 +221,15 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator:
 
 
 def save_image(path: str, image) -> None:
-  """Writes float `[H, W, 3]` in [0, 1] as 8-bit RGB, atomically, format from the extension."""
+  """Writes float `[H, W, 3]` in [0, 1] as 8-bit RGB (`[H, W, 4]`: RGBA), atomically, format from the
+  extension. RGBA to a format without alpha (JPEG...) is an error naming the formats that keep it."""
   extension = os.path.splitext(path)[1].lower()
   image_format = Image.registered_extensions().get(extension)
   if image_format is None:
     raise NstJaxError(f"unknown image format for output {path!r}; use e.g. .png or .jpg")
+  if np.shape(image)[-1] == 4:
+    from nst_jax import alpha  # Not at import: alpha imports regions, which imports this module.
+    alpha.check_output(path)
   try:
     with atomic_write(path) as f:
       Image.fromarray(to_uint8(image)).save(f, format=image_format)

@@ -14,7 +14,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from nst_jax import engine, image_io, regions
+from nst_jax import alpha, engine, image_io, regions
 from nst_jax.errors import NstJaxError
 
 
@@ -57,14 +57,18 @@ def load_job(content: str, styles: Sequence[str], config: ml_collections.ConfigD
              style_region_sources: Sequence[str] | None = None) -> tuple[engine.Job, list[str]]:
   """Reads the photo, paintings (paths or `skimage:NAME`) and region masks into a `Job`; returns `(job, notes)`.
 
+  A transparent photo or painting (`nst_jax.alpha`) stays RGBA `[H, W, 4]` in the job; others are RGB.
   `style_regions` / `style_region_sources`: one mask file per painting, or None (see `nst_jax.regions`);
   masks are read at most at the photo's / painting's size and checked by the engine's rules here, so a bad
   mask is an error before any work.
   """
   if not styles:
     raise NstJaxError("at least one style image is needed")
-  photo, notes = prepare_content(image_io.open_image(content), int(config.max_size))
-  paintings = [image_io.load_image(path, style_size(config)) for path in styles]
+  photo, notes = prepare_content(image_io.open_image_keep_alpha(content), int(config.max_size))
+  alpha.split(photo)  # A fully transparent photo is an error before any work.
+  paintings = [image_io.load_image_keep_alpha(path, style_size(config)) for path in styles]
+  for i, painting in enumerate(paintings, start=1):
+    alpha.split(painting, f"style image {i}")
   masks, mask_notes = load_masks(style_regions, "style_region", int(config.max_size))
   sources, source_notes = load_masks(style_region_sources, "style_region_source", style_size(config))
   regions.check(masks, sources, photo.shape, [p.shape for p in paintings])

@@ -27,7 +27,7 @@ import os
 import shutil
 from typing import Any, Iterable, Mapping
 
-from nst_jax import engine, image_io, inputs, settings, tiles
+from nst_jax import alpha, engine, image_io, inputs, settings, tiles
 from nst_jax.errors import NstJaxError
 
 REQUIRED_COLUMNS = ("content", "style", "output")
@@ -167,6 +167,8 @@ def _load_row(row: Row, raw: dict, folder: str, flag_settings: Mapping[str, Any]
   row.notes = notes + engine.plan_notes(config, job.content.shape)
   _make_folder(row.output)
   image_io.check_writable(row.output, overwrite=overwrite)
+  if alpha.has_alpha(job.content):
+    alpha.check_output(row.output)  # The row's output must keep the photo's alpha.
   row.job = job
   row.tile_preview = int(config.tile_preview)
 

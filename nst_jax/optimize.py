@@ -150,7 +150,7 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
                  tv_weight: float, style_blend_weights: Sequence[float] | None = None,
                  regions: Sequence[jax.typing.ArrayLike] | None = None,
                  region_sources: Sequence[jax.typing.ArrayLike | None] | None = None,
-                 outside_content_weight: float = 10.0) -> Targets:
+                 outside_content_weight: float = 10.0, alpha: np.ndarray | None = None) -> Targets:
   """Content features and (blended) style Gram matrices for an output the size of `content`.
 
   A style image of another size than the output gives a Gram matrix summed over a different number of
@@ -158,7 +158,9 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
   depend on the style image's resolution. Several styles are blended with `style_blend_weights`
   (normalised to sum to 1; equal by default).
 
-  With `regions` (one mask `[H, W]` in [0, 1] per style, at the output's size) see `make_region_targets`.
+  With `regions` (one mask `[H, W]` in [0, 1] per style, at the output's size) see `make_region_targets`;
+  `alpha` (`[H, W]`, needs `regions`): the content's transparency, multiplying every region and the content
+  weight map (docs/transparency.md).
   """
   content = jnp.asarray(content, jnp.float32)
   content_features = _features(weights, content, layers=spec.all_layers, pooling=spec.pooling, circular=spec.tile)
@@ -172,7 +174,7 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
     return make_region_targets(weights, spec, content_features, styles, regions, region_sources,
                                region_weights=blend * len(styles), content_weight=content_weight,
                                style_weight=style_weight, tv_weight=tv_weight,
-                               outside_content_weight=outside_content_weight)
+                               outside_content_weight=outside_content_weight, alpha=alpha)
   grams = {}
   for style, share in zip(styles, blend):
     style_features = _features(weights, jnp.asarray(style, jnp.float32), layers=spec.style_layers,
@@ -201,13 +203,14 @@ def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_feature
                         styles: Sequence[jax.typing.ArrayLike], regions: Sequence[jax.typing.ArrayLike],
                         region_sources: Sequence[jax.typing.ArrayLike | None] | None, *, region_weights,
                         content_weight: float, style_weight: float, tv_weight: float,
-                        outside_content_weight: float) -> Targets:
+                        outside_content_weight: float, alpha: np.ndarray | None = None) -> Targets:
   """Targets with spatial control (Gatys et al. 2017): style i applies inside `regions[i]`.
 
   Style i's target at each layer is the guided Gram matrix of its features under `region_sources[i]` (a
   mask at the painting's size; None = the whole painting), scaled to the output's positions as in
   `make_targets`. The output's regions are pooled to each layer (`losses.downsample_mask`); the content
-  loss is weighted per position by `content_weight_map` so that uncovered pixels keep the photo.
+  loss is weighted per position by `content_weight_map` so that uncovered pixels keep the photo. `alpha`
+  (None: opaque) multiplies the regions and that map: transparent pixels take part in neither loss.
   """
   if len(regions) != len(styles):
     raise NstJaxError(f"{len(regions)} style region(s) for {len(styles)} style image(s)")
@@ -227,8 +230,14 @@ def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_feature
       mask = jnp.ones(f.shape[:2]) if source is None else losses.downsample_mask(jnp.asarray(source), name)
       grams[name].append(losses.guided_gram_matrix(f, mask) * (out_positions / (f.shape[0] * f.shape[1])))
   regions = np.asarray(regions, np.float32)  # [R, H, W]
-  masks = {name: jnp.stack([losses.downsample_mask(r, name) for r in regions]) for name in spec.style_layers}
   weight_map = content_weight_map(regions, outside_content_weight)
+  content_scale = {}
+  if alpha is not None:
+    regions, weight_map = regions * alpha, weight_map * alpha
+    visible = _visible_scales(spec, np.asarray(alpha, np.float32), content_features)
+    content_scale, region_weights = visible["content"], np.asarray(region_weights) * visible["style"]
+    content_weight, tv_weight = content_weight * visible["content_weight"], tv_weight * visible["tv"]
+  masks = {name: jnp.stack([losses.downsample_mask(r, name) for r in regions]) for name in spec.style_layers}
   return Targets(
       content_features={name: content_features[name] for name in spec.content_layers},
       style_grams={name: jnp.stack(g) for name, g in grams.items()},
@@ -237,15 +246,37 @@ def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_feature
       tv_weight=jnp.float32(tv_weight),
       style_masks=masks,
       region_weights=jnp.asarray(region_weights, jnp.float32),
-      content_masks={name: losses.downsample_mask(weight_map, name) for name in spec.content_layers})
+      content_masks={name: losses.downsample_mask(weight_map, name) * content_scale.get(name, 1.0)
+                     for name in spec.content_layers})
+
+
+def _visible_scales(spec: LossSpec, alpha: np.ndarray, content_features: dict) -> dict:
+  """Factors that make a transparent picture's loss that of its visible part alone (docs/transparency.md).
+
+  With k = M / sum(alpha) (all positions over visible ones), a term averaged over the M positions is
+  multiplied by k, so that each visible pixel feels the pressure it would in a picture of the visible size:
+  the style terms (their Gram matrices average over the positions: their weight `sum(m) / M` becomes
+  `sum(m) / sum(alpha)`), the content term under `mean` and TV under `invariant`; under `invariant` the
+  content term's denominator `||P||^2` is taken over the visible pixels (a factor per content layer).
+  """
+  k = alpha.size / max(float(alpha.sum()), 1e-6)
+  norm = spec.loss_normalization
+  content = {}
+  if norm == "invariant":
+    for name in spec.content_layers:
+      p = np.square(np.asarray(content_features[name], np.float64)).sum(axis=-1)
+      seen = float((np.asarray(losses.downsample_mask(jnp.asarray(alpha), name), np.float64) * p).sum())
+      content[name] = float(p.sum()) / max(seen, 1e-30)
+  return {"content": content, "style": k, "content_weight": k if norm == "mean" else 1.0,
+          "tv": k if norm == "invariant" else 1.0}
 
 
 def targets_from_config(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, content, styles,
-                        style_blend_weights=None, regions=None, region_sources=None) -> Targets:
+                        style_blend_weights=None, regions=None, region_sources=None, alpha=None) -> Targets:
   return make_targets(weights, loss_spec_from_config(config), content, styles,
                       content_weight=config.content_weight, style_weight=config.style_weight,
                       tv_weight=config.tv_weight, style_blend_weights=style_blend_weights, regions=regions,
-                      region_sources=region_sources,
+                      region_sources=region_sources, alpha=alpha,
                       outside_content_weight=float(config.get("outside_content_weight", 10.0)))
 
 
@@ -505,6 +536,9 @@ def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
             regions: Sequence[np.ndarray] | None = None,
             region_sources: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
   """Stylises `content` with `style`: float32 `[H, W, 3]` arrays in [0, 1] -> image of the content's size.
+
+  Transparency: `content` and any painting may be RGBA `[H, W, 4]` (straight alpha); an RGBA content gives
+  an RGBA result whose alpha is the content's, unchanged (docs/transparency.md).
 
   The library front end of `nst_jax.engine`: every setting of `config` applies (coarse-to-fine, colours,
   blends, style scale, presets' fields...).

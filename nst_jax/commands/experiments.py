@@ -41,12 +41,21 @@ _BUILTIN_CONTENT = ("astronaut", "chelsea", "coffee")
 _BUILTIN_STYLE = ("hubble_deep_field", "immunohistochemistry", "rocket")
 
 
+def _load(path: str, max_size: int) -> np.ndarray:
+  """`image_io.load_image`, refusing a transparent picture: experiments' grids and sheets are RGB."""
+  image = image_io.load_image_keep_alpha(path, max_size)
+  if image.shape[-1] == 4:
+    raise NstJaxError(f"{path} is transparent: experiments do not keep alpha; use nst-jax or nst-jax batch "
+                      f"(docs/transparency.md)")
+  return image
+
+
 def _folder_images(folder: str, max_size: int, limit: int) -> dict:
   names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in
                  (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"))
   if not names:
     raise NstJaxError(f"no images in {folder}")
-  return {os.path.splitext(n)[0]: image_io.load_image(os.path.join(folder, n), max_size) for n in names[:limit]}
+  return {os.path.splitext(n)[0]: _load(os.path.join(folder, n), max_size) for n in names[:limit]}
 
 
 def _builtin_images(names, max_size: int) -> dict:
@@ -100,8 +109,8 @@ def _load_images(config) -> tuple[dict, dict, object, list]:
   painting_size = inputs.style_size(config)
   contents = load_inputs(FLAGS.content_dir, "content", _BUILTIN_CONTENT, config.max_size, FLAGS.max_images)
   styles = load_inputs(FLAGS.style_dir, "style", _BUILTIN_STYLE, painting_size, FLAGS.max_images)
-  content = image_io.load_image(FLAGS.content, config.max_size) if FLAGS.content else next(iter(contents.values()))
-  style = ([image_io.load_image(path, painting_size) for path in FLAGS.style] if FLAGS.style
+  content = _load(FLAGS.content, config.max_size) if FLAGS.content else next(iter(contents.values()))
+  style = ([_load(path, painting_size) for path in FLAGS.style] if FLAGS.style
            else [next(iter(styles.values()))])
   return contents, styles, content, style
 

@@ -20,7 +20,7 @@ import time
 
 from absl import flags
 
-from nst_jax import cost, engine, hooks, image_io, inputs, rundir, run as run_lib, settings, tiles
+from nst_jax import alpha, cost, engine, hooks, image_io, inputs, rundir, run as run_lib, settings, tiles
 from nst_jax import weights as weights_lib
 from nst_jax.commands import common
 from nst_jax.configs import default
@@ -118,6 +118,8 @@ def load_job_and_weights(config, **kwargs) -> tuple[engine.Job, object]:
   photo, a schedule that is off), so that a bad input or missing weights are one `error:` line alone."""
   job, notes = inputs.load_job(FLAGS.content, FLAGS.style, config, style_regions=FLAGS.style_region,
                                style_region_sources=FLAGS.style_region_source, **kwargs)
+  if alpha.has_alpha(job.content) and FLAGS.output and not FLAGS.dry_run:
+    alpha.check_output(FLAGS.output)  # Before any work: the output must keep the photo's alpha.
   weights = load_weights()
   for note in notes + engine.plan_notes(config, job.content.shape):
     print(f"note: {note}", file=sys.stderr)

@@ -364,7 +364,7 @@ async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict
   for name in submit_lib.REGION_FIELDS + submit_lib.SOURCE_FIELDS:
     if name in files:
       data = await files[name].read()
-      masks[name] = await run_in_threadpool(submit_lib.decode_upload, data, name, limits.max_pixels)
+      masks[name] = await run_in_threadpool(submit_lib.decode_upload, data, name, limits.max_pixels, False)
   job_id = new_job_id()
   try:
     sizes = await run_in_threadpool(submit_lib.write_inputs, store.job_dir(job_id), images[0], images[1:],

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from nst_jax import engine, image_io, inputs, regions, settings, video_io
+from nst_jax import alpha, engine, image_io, inputs, regions, settings, video_io
 from nst_jax.configs import presets
 from nst_jax.errors import NstJaxError
 from nst_jax.server.worker import (AUDIO_FILE, CLIP_FILE, FRAMES_DIR, REGION_FILES, SOURCE_FILES, STYLE_FILES,
@@ -122,8 +122,9 @@ def parse_options(fields: dict[str, str], limits: Limits, num_styles: int, kind:
   return options, config
 
 
-def decode_upload(data: bytes, what: str, max_pixels: int) -> np.ndarray:
-  """Upload bytes -> float32 `[H, W, 3]`; `SubmitError` 413 (too many pixels) or 415 (not an image)."""
+def decode_upload(data: bytes, what: str, max_pixels: int, keep_alpha: bool = True) -> np.ndarray:
+  """Upload bytes -> float32 `[H, W, 3]` (`[H, W, 4]` if transparent and `keep_alpha`: `nst_jax.alpha`);
+  `SubmitError` 413 (too many pixels) or 415 (not an image)."""
   if not data:
     raise SubmitError(415, f"{what}: the file is empty")
   try:
@@ -138,6 +139,8 @@ def decode_upload(data: bytes, what: str, max_pixels: int) -> np.ndarray:
   source = io.BytesIO(data)
   source.name = what
   try:
+    if keep_alpha:  # A transparent photo or painting stays RGBA; masks are greyscale pictures.
+      return image_io.open_image_keep_alpha(source, max_pixels=max_pixels)
     return image_io.open_image(source, max_pixels=max_pixels)
   except NstJaxError as e:
     raise SubmitError(415, str(e)) from None
@@ -176,6 +179,9 @@ def write_inputs(folder: str, content: np.ndarray, styles: list[np.ndarray], con
   prepares them exactly as the command prepares the same files (`inputs.load_job`).
   """
   photo, _ = inputs.prepare_content(content, int(config.max_size))  # Checks it; the job prepares it again.
+  alpha.split(content)  # A fully transparent photo is refused before it is queued.
+  for i, style in enumerate(styles, start=1):
+    alpha.split(style, f"style image {i}")
   region_list, source_list = region_masks(masks or {}, len(styles))
   regions.check(region_list, source_list, content.shape, [s.shape for s in styles])
   stages = engine.plan(config, photo.shape)

@@ -286,7 +286,7 @@ class _JobHooks:
     image = run.final_image()
     image_io.save_image(self.store.path(job_id, "result.png"), image)
     tiles.write_preview(self.store.path(job_id, TILE_PREVIEW_BASE), image, int(run.config.tile_preview))
-    image_io.save_image(self.store.path(job_id, "preview.jpg"), image)
+    image_io.save_image(self.store.path(job_id, "preview.jpg"), image[..., :3])  # JPEG: no alpha.
     self.store.update_progress(job_id, run.step, new_preview=True)
     self.store.finish(job_id, "done")
     self.store.remove_checkpoints(job_id)

@@ -14,7 +14,7 @@ means "not given". An unknown name or a bad value raises `NstJaxError` naming it
 every other setting is per item: a traced array (loss weights, blend weights), the image shape, the
 initial image, or the item's own step budget and stages.
 
-`python -m nst_jax.settings` prints the settings table of docs/settings.md.
+`python -m nst_jax.settings` prints the settings tables of docs/settings.md; `--write` updates them in place.
 """
 
 from __future__ import annotations
@@ -346,5 +346,28 @@ def markdown_table() -> str:
   return "\n".join(lines)
 
 
+def update_docs(path: str) -> None:
+  """Replaces the generated tables in `path` (docs/settings.md) by `markdown_table()`, keeping the text around
+  them (the page's other tables and prose are written by hand)."""
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().split("\n")
+  start = next(i for i, line in enumerate(lines) if line.startswith("| setting | default |"))
+  end = start
+  for header in (None, "| shorthand"):  # The settings table, then the shorthands' table after a blank line.
+    if header is not None:
+      if not (end + 1 < len(lines) and lines[end] == "" and lines[end + 1].startswith(header)):
+        break
+      end += 1
+    while end < len(lines) and lines[end].startswith("|"):
+      end += 1
+  text = "\n".join(lines[:start] + markdown_table().rstrip("\n").split("\n") + lines[end:])
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
 if __name__ == "__main__":
-  print(markdown_table())
+  import sys
+  if sys.argv[1:2] == ["--write"]:  # python -m nst_jax.settings --write docs/settings.md
+    update_docs(sys.argv[2] if len(sys.argv) > 2 else "docs/settings.md")
+  else:
+    print(markdown_table())

@@ -81,7 +81,18 @@ def test_blend_weights_are_checked_against_the_style_count_only_when_it_is_known
 def test_docs_settings_table_is_current():
   with open(os.path.join(ROOT, "docs", "settings.md"), encoding="utf-8") as f:
     text = f.read()
-  assert settings.markdown_table() in text, "regenerate the table: python -m nst_jax.settings"
+  assert settings.markdown_table() in text, "regenerate the table: python -m nst_jax.settings --write"
+  # The hand-written part of the page stays (a regeneration once replaced it by the generated table).
+  assert "| where | how a setting is given | example |\n|---|---|---|\n| command line |" in text
+
+
+def test_update_docs_replaces_only_the_generated_tables(tmp_path):
+  page = tmp_path / "settings.md"
+  table = settings.markdown_table().rstrip("\n")
+  stale = table.replace("| `max_size` | 512 |", "| `max_size` | 1 |")
+  page.write_text(f"# Settings\n\n| where | how |\n|---|---|\n| a | b |\n\nProse.\n\n{stale}\n\nAfter.\n")
+  settings.update_docs(str(page))
+  assert page.read_text() == f"# Settings\n\n| where | how |\n|---|---|\n| a | b |\n\nProse.\n\n{table}\n\nAfter.\n"
 
 
 def test_stylize_flags_are_the_settings(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image, make_style
-from cross_path_test import run
+from cross_path_test import run, run_manifest
 from nst_jax import image_io, inputs, manifest, optimize, rundir, settings, vgg
 
 SETTINGS = {"max_size": 48, "steps": 6, "optimizer": "adam", "style_weight": 1e3, "log_every": 1,
@@ -88,13 +88,7 @@ def test_a_one_row_manifest_equals_the_library(files, reference):
   folder, paths = files
   row = {"content": paths["content"], "style": paths["style"], "output": str(folder / "batch" / "row.png"),
          **SETTINGS}
-  path = folder / "jobs.csv"
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(row))
-    writer.writeheader()
-    writer.writerow(row)
-  result = run("batch", f"--manifest={path}", "--weights=random", "--noprogress", cwd=folder)
-  assert result.returncode == 0, result.stderr
+  run_manifest(folder, row)
   assert_rgba_matches(folder / "batch" / "row.png", reference)
 
 

@@ -64,6 +64,17 @@ def run(*args, cwd, timeout=600):
   return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def run_manifest(folder, row: dict):
+  """Writes `row` as a one-row manifest `folder/jobs.csv` and runs `nst-jax batch` on it (must succeed)."""
+  path = folder / "jobs.csv"
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(row))
+    writer.writeheader()
+    writer.writerow(row)
+  result = run("batch", f"--manifest={path}", "--weights=random", "--noprogress", cwd=folder)
+  assert result.returncode == 0, result.stderr
+
+
 def inputs_flags(paths):
   return [f"--content={paths['content']}", f"--style={paths['style_a']}", f"--style={paths['style_b']}",
           "--weights=random", "--noprogress"]
@@ -109,15 +120,9 @@ def test_workdir_interrupted_by_sigint_and_resumed_equals_the_library(files, ref
 @pytest.mark.slow
 def test_a_one_row_manifest_equals_the_library(files, reference):
   folder, paths = files
-  manifest = folder / "jobs.csv"
   row = {"content": paths["content"], "style": f"{paths['style_a']};{paths['style_b']}",
          "output": str(folder / "batch" / "row.png"), **SETTINGS}
-  with open(manifest, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(row))
-    writer.writeheader()
-    writer.writerow(row)
-  result = run("batch", f"--manifest={manifest}", "--weights=random", "--noprogress", cwd=folder)
-  assert result.returncode == 0, result.stderr
+  run_manifest(folder, row)
   assert_png_matches(folder / "batch" / "row.png", reference)
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image, make_style
-from cross_path_test import assert_png_matches, run
+from cross_path_test import assert_png_matches, run, run_manifest
 from nst_jax import image_io, inputs, manifest, optimize, rundir, settings, vgg
 
 SETTINGS = {"max_size": 64, "steps": 6, "optimizer": "adam", "scales": "32,2,3", "style_weight": 1e3,
@@ -105,13 +105,7 @@ def test_a_one_row_manifest_equals_the_library(files, reference):
   row = {"content": paths["content"], "style": f"{paths['style_a']};{paths['style_b']}",
          "style_region": f"{paths['left']};{paths['right']}", "style_region_source": f"{white};{paths['source_b']}",
          "output": str(folder / "batch" / "row.png"), **SETTINGS}
-  path = folder / "jobs.csv"
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(row))
-    writer.writeheader()
-    writer.writerow(row)
-  result = run("batch", f"--manifest={path}", "--weights=random", "--noprogress", cwd=folder)
-  assert result.returncode == 0, result.stderr
+  run_manifest(folder, row)
   assert_png_matches(folder / "batch" / "row.png", reference)
 
 

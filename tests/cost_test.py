@@ -140,6 +140,10 @@ def test_server_estimate_endpoint_and_tile_preview(tmp_path, random_weights):
     assert found["step_seconds"] > 0 and found["max_size"] > 32 and len(found["lines"]) == 3
     assert client.get("/api/jobs").json() == []  # Nothing was queued.
     assert client.post("/api/estimate", files=files, data={"tile_preview": 99}).status_code == 422
+    # A region mask is not an image of the job: the estimate counts the photo and its paintings only.
+    masked = {**files, "style_region": ("mask.png", png_bytes(2), "image/png")}
+    r = client.post("/api/estimate", files=masked, data=fields)
+    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (32, 26), r.text
     r = client.post("/api/jobs", files=files, data={**fields, "tile": "true", "tile_preview": 2})
     job = wait_for(lambda: client.get(f"/api/jobs/{r.json()['id']}").json())
     assert job["status"] == "done", job

@@ -167,6 +167,9 @@ def test_bad_clips_and_fields(idle_app, tmp_path):
   photo = {"content": ("photo.png", png_bytes(0), "image/png"), "style": ("p.png", png_bytes(1), "image/png")}
   _error(post(photo, {"temporal_weight": "10"}), 422, "temporal_weight is a setting of `nst-jax video`")
   _error(post(_files(), {"video_mode": "sideways"}), 422, "video_mode")
+  region = {**_files(), "style_region": ("mask.png", png_bytes(2), "image/png")}
+  _error(post(region), 422, "style_region: spatial control is for photos, not clips")
+  _error(c.post("/api/estimate", files=_files(), data={"max_size": 32}), 422, "estimates are made for photos")
   assert c.get("/api/jobs").json() == []  # Nothing was stored.
   assert os.listdir(os.path.join(str(tmp_path), "jobs")) == []
   ok = post(_files(), {"max_size": 32, "temporal_frames": "1,2", "flow_method": "farneback"})

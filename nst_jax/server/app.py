@@ -324,19 +324,33 @@ class _Estimator:
       return cost.estimate(self.engine, job).as_dict()
 
 
-async def _estimate_job(request: Request, limits: Limits):
-  """The engine job a submission would make (its inputs prepared as the worker prepares them)."""
+async def _read_form(request: Request) -> tuple[dict, dict]:
+  """The multipart form as (files, fields), or a 422."""
   try:
     form = await request.form()
   except Exception:
     raise SubmitError(422, "expected a multipart form with the files content and style") from None
-  files, fields = submit_lib.split_form(form.multi_items())
-  uploads = [files[name] for name in submit_lib.FILE_FIELDS if name in files]
-  _, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
+  return submit_lib.split_form(form.multi_items())
+
+
+async def _decode_images(uploads: list, limits: Limits) -> list:
+  """The photo and paintings of a form, decoded within the pixel limit (off the event loop)."""
   images = []
   for upload, what in zip(uploads, ("content image", "style image", "second style image")):
     data = await upload.read()
     images.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
+  return images
+
+
+async def _estimate_job(request: Request, limits: Limits):
+  """The engine job a submission would make (its inputs prepared as the worker prepares them)."""
+  files, fields = await _read_form(request)
+  if "video" in files:
+    raise SubmitError(422, "video: estimates are made for photos (a clip costs about its frame count times a "
+                           "photo of the frame size)")
+  uploads = [files[name] for name in submit_lib.IMAGE_FIELDS if name in files]
+  _, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
+  images = await _decode_images(uploads, limits)
   try:
     photo, _ = inputs.prepare_content(images[0], int(config.max_size))
   except NstJaxError as e:
@@ -347,19 +361,12 @@ async def _estimate_job(request: Request, limits: Limits):
 
 async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict:
   """Parses the multipart form, validates the settings, decodes the uploads and stores a queued job."""
-  try:
-    form = await request.form()
-  except Exception:
-    raise SubmitError(422, "expected a multipart form with the files content and style") from None
-  files, fields = submit_lib.split_form(form.multi_items())
+  files, fields = await _read_form(request)
   if "video" in files:
     return await _create_video_job(request, store, limits, files, fields)
   uploads = [files[name] for name in submit_lib.IMAGE_FIELDS if name in files]
   options, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
-  images = []
-  for upload, what in zip(uploads, ("content image", "style image", "second style image")):
-    data = await upload.read()
-    images.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
+  images = await _decode_images(uploads, limits)
   masks = {}
   for name in submit_lib.REGION_FIELDS + submit_lib.SOURCE_FIELDS:
     if name in files:
@@ -383,6 +390,9 @@ STYLE_FIELDS = ("style", "style2")
 async def _create_video_job(request: Request, store: JobStore, limits: Limits, files: dict, fields: dict) -> dict:
   """A clip's job: settings (video ones allowed), the clip decoded within the limits, its frames stored."""
   from nst_jax import video
+  masks = [name for name in submit_lib.REGION_FIELDS + submit_lib.SOURCE_FIELDS if name in files]
+  if masks:
+    raise SubmitError(422, f"{masks[0]}: spatial control is for photos, not clips")
   styles = [files[name] for name in STYLE_FIELDS if name in files]
   options, config = submit_lib.parse_options(fields, limits, num_styles=len(styles), kind="video")
   clip, upload = await run_in_threadpool(submit_lib.read_video_upload, await files["video"].read(), limits)

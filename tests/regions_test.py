@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image, make_style
+from engine_test import StopAt
 from nst_jax import engine, hooks, losses, optimize, regions, settings, vgg
 from nst_jax.errors import NstJaxError
 
@@ -220,17 +221,6 @@ def _region_job(checkpoint_dir=None, **overrides):
   return engine.Job(make_image(24, 32, 0), [make_style(20, 28, 1), make_style(30, 18, 2)], config,
                     regions=[left, right], region_sources=[None, soft_mask(30, 18, 3) + 0.1],
                     checkpoint_dir=checkpoint_dir)
-
-
-class StopAt:
-  def __init__(self, step):
-    self.step, self.seen = step, 0
-
-  def on_step(self, event):
-    self.seen = event.step
-
-  def should_stop(self, run):
-    return self.seen == self.step
 
 
 def test_region_resume_mid_stage_and_at_a_stage_boundary_equals_the_uninterrupted_run(weights, tmp_path):

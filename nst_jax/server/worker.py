@@ -215,8 +215,8 @@ class Worker:
                                checkpoint_every=VIDEO_CHECKPOINT_STEPS)
       if result.status != "done":
         if job_id in self._cancel:
+          self.store.remove_checkpoints(job_id)  # Before the status: a cancelled job has no run left.
           self.store.finish(job_id, "cancelled")
-          self.store.remove_checkpoints(job_id)
           self._cancel.discard(job_id)
         else:
           self.store.requeue(job_id)
@@ -295,8 +295,8 @@ class _JobHooks:
   def on_job_stopped(self, run) -> None:
     job_id = run.job.name
     if job_id in self.worker._cancel:
+      self.store.remove_checkpoints(job_id)  # Before the status: a cancelled job has no run left.
       self.store.finish(job_id, "cancelled")
-      self.store.remove_checkpoints(job_id)
       self.worker._cancel.discard(job_id)
     else:
       self._note_checkpoint(run)

@@ -154,6 +154,9 @@ def test_a_region_chosen_on_the_page_is_sent_as_masks_of_the_photo_aspect_ratio(
       page.click("#submit")
       page.wait_for_function("JSON.parse(localStorage.getItem('nst-jax-jobs') || '[]').length === 2")
       second = page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))[0]")
+      # The history (server lists newest first) keeps the newest job first in the browser's list too.
+      page.evaluate("refreshHistory()")
+      assert page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))") == [second, first]
     finally:
       browser.close()
   region = image_io.open_image(store.path(first, "style_region.png"))[..., 0]

@@ -402,7 +402,7 @@ async function refreshHistory() {
   try { jobs = await api("/api/jobs"); } catch (e) { return; }
   const known = new Set(jobs.map((j) => j.id));
   storedJobs().forEach((id) => { if (!known.has(id)) forgetJob(id); });  // Deleted on the server.
-  jobs.forEach((j) => rememberJob(j.id));
+  jobs.slice().reverse().forEach((j) => rememberJob(j.id));  // The server lists newest first; keep that order.
   const list = $("jobs");
   list.replaceChildren();
   $("jobs-empty").hidden = jobs.length > 0;

@@ -11,6 +11,8 @@ style sum_l w_l ||G_l - A_l||^2 / ||A_l||^2. Jobs of one photo run as one engine
   # Spread of each look's residuals across every pair (max / min), gatys vs invariant; gatys_matched is gatys
   # with the weights that equal the invariant look on the median pair (the old looks' 1e4 was tuned elsewhere):
   python scripts/measure_looks.py --measure consistency --normalization gatys,gatys_matched,invariant
+  # The style residual at the photo, per pair (the spread before any weight acts):
+  python scripts/measure_looks.py --measure start
   # Preview vs render: the same job at --sizes 256,512,1024; each render downscaled to the preview's size:
   python scripts/measure_looks.py --measure sizes --sizes 256,512,1024 --contents tubingen --styles starry_night
   # Pictures of each look (--normalization's first) on --contents x --styles, a grid saved to --figure:
@@ -43,7 +45,7 @@ from nst_jax.configs import presets
 
 FLAGS = flags.FLAGS
 SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
-flags.DEFINE_enum("measure", "sweep", ["sweep", "consistency", "sizes", "invariance", "convert", "figure"],
+flags.DEFINE_enum("measure", "sweep", ["sweep", "consistency", "start", "sizes", "invariance", "convert", "figure"],
                   "What to measure.")
 flags.DEFINE_string("data", SHARED_DATA, "Folder with content/ and styles/.")
 flags.DEFINE_list("contents", [], "Photo file stems (empty = all).")
@@ -171,6 +173,17 @@ def consistency(weights) -> None:
         print(f"{look:9s} {norm:9s} {term:7s} ({len(v)} pairs): {spread(v)}", flush=True)
 
 
+def start(weights) -> None:
+  """The style residual at the photo (where every run starts), per pair: how far apart the pairs are before
+  any weight acts (the same under every normalisation)."""
+  values = []
+  for content, style in pairs():
+    job = make_job(content, style, {}, FLAGS.max_size)
+    values.append(residuals(job, job.content, weights)["style"])
+    print(f"{stem(content)}+{stem(style)}: style residual at the photo {values[-1]:.3g}", flush=True)
+  print(f"style residual at the photo ({len(values)} pairs): {spread(values)}")
+
+
 def sizes(weights) -> None:
   preview_size, *render_sizes = (int(s) for s in FLAGS.sizes)
   for content, style in pairs():
@@ -284,7 +297,7 @@ def main(argv):
   print(f"{FLAGS.measure}: {FLAGS.max_size} px, {FLAGS.steps} steps, settings {overrides() or 'default'}, "
         f"weights {weights.source}{' in float64' if FLAGS.x64 else ''}; {load}")
   {"sweep": sweep, "consistency": consistency, "sizes": sizes, "invariance": invariance,
-   "convert": convert, "figure": figure}[FLAGS.measure](weights)
+   "convert": convert, "figure": figure, "start": start}[FLAGS.measure](weights)
   print(f"done; {uptime()}")
 
 

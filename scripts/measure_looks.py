@@ -16,7 +16,7 @@ style sum_l w_l ||G_l - A_l||^2 / ||A_l||^2. Jobs of one photo run as one engine
   # Preview vs render: the same job at --sizes 256,512,1024; each render downscaled to the preview's size:
   python scripts/measure_looks.py --measure sizes --sizes 256,512,1024 --contents tubingen --styles starry_night
   # Pictures of each look (--normalization's first) on --contents x --styles, a grid saved to --figure:
-  python scripts/measure_looks.py --measure figure --normalization invariant --max_size 256 --steps 200 \
+  python scripts/measure_looks.py --measure figure --normalization invariant --max_size 256 --steps 150 \
       --pairs tubingen+starry_night,chelsea+the_scream --figure docs/images/looks.jpg
   # The invariant weights that equal given gatys weights at the start (the photo), per pair:
   python scripts/measure_looks.py --measure convert --max_size 512

@@ -4,8 +4,6 @@ output or a fully transparent photo is one line."""
 
 from __future__ import annotations
 
-import csv
-import io
 
 import numpy as np
 import pytest
@@ -97,7 +95,7 @@ def test_the_web_api_equals_the_library(files, reference, tmp_path):
   pytest.importorskip("fastapi")
   from fastapi.testclient import TestClient
   from nst_jax.server.app import create_app
-  from web_helpers import wait_for
+  from web_helpers import api_result
   _, paths = files
   app = create_app(data_dir=str(tmp_path / "data"), weights=vgg.random_weights(0), rate_limit=0,
                    checkpoint_every=None, preview_every=1000.0, batch_wait=0.0)
@@ -106,12 +104,7 @@ def test_the_web_api_equals_the_library(files, reference, tmp_path):
     clear = client.post("/api/jobs", files={**uploads, "content": ("c.png", open(paths["clear"], "rb").read())},
                         data={k: str(v) for k, v in SETTINGS.items()})
     assert clear.status_code == 422 and "fully transparent" in clear.json()["detail"], clear.text
-    r = client.post("/api/jobs", files=uploads, data={k: str(v) for k, v in SETTINGS.items()})
-    assert r.status_code == 201, r.text
-    job = wait_for(lambda: client.get(f"/api/jobs/{r.json()['id']}").json())
-    assert job["status"] == "done", job
-    data = client.get(job["result_url"]).content
-  image = np.asarray(Image.open(io.BytesIO(data)), np.float32) / 255.0
+    image = api_result(client, uploads, SETTINGS)
   assert image.shape == reference.shape
   assert np.array_equal(image_io.to_uint8(image[..., 3]), image_io.to_uint8(reference[..., 3]))
   assert np.abs(image - reference).max() <= 1.0 / 255 + 1e-6

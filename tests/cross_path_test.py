@@ -133,24 +133,14 @@ def test_the_web_api_equals_the_library(files, reference, tmp_path):
   pytest.importorskip("fastapi")
   import httpx
   from nst_jax.server.app import create_app, serve_in_thread
+  from web_helpers import api_result
   _, paths = files
   app = create_app(data_dir=str(tmp_path / "data"), weights=vgg.random_weights(0), rate_limit=0,
                    checkpoint_every=1000.0, preview_every=1000.0, batch_wait=0.0)
   with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-    with open(paths["content"], "rb") as c, open(paths["style_a"], "rb") as a, open(paths["style_b"], "rb") as b:
-      response = client.post("/api/jobs", files={"content": c, "style": a, "style2": b},
-                             data={k: str(v) for k, v in SETTINGS.items()})
-    assert response.status_code == 201, response.text
-    job_id = response.json()["id"]
-    deadline = time.time() + 300
-    while time.time() < deadline:
-      job = client.get(f"/api/jobs/{job_id}").json()
-      if job["status"] in ("done", "failed", "cancelled"):
-        break
-      time.sleep(0.2)
-    assert job["status"] == "done", job
-    result = client.get(f"/api/jobs/{job_id}/result")
-    assert result.status_code == 200
-    path = tmp_path / "api.png"
-    path.write_bytes(result.content)
-  assert_png_matches(path, reference)
+    uploads = {field: open(paths[name], "rb").read() for field, name in
+               (("content", "content"), ("style", "style_a"), ("style2", "style_b"))}
+    image = api_result(client, {field: (f"{field}.png", data) for field, data in uploads.items()}, SETTINGS,
+                       timeout=300)
+  assert image.shape == reference.shape
+  assert np.abs(image - reference).max() <= PNG_TOLERANCE, np.abs(image - reference).max()

@@ -4,8 +4,6 @@ and the web API; and each front end refuses bad masks with one line."""
 
 from __future__ import annotations
 
-import csv
-import io
 
 import numpy as np
 import pytest
@@ -114,7 +112,7 @@ def test_the_web_api_equals_the_library(files, reference, tmp_path):
   pytest.importorskip("fastapi")
   from fastapi.testclient import TestClient
   from nst_jax.server.app import create_app
-  from web_helpers import wait_for
+  from web_helpers import api_result
   _, paths = files
   app = create_app(data_dir=str(tmp_path / "data"), weights=vgg.random_weights(0), rate_limit=0,
                    checkpoint_every=None, preview_every=1000.0, batch_wait=0.0)
@@ -122,11 +120,7 @@ def test_the_web_api_equals_the_library(files, reference, tmp_path):
            "style2_region": "right", "style2_region_source": "source_b"}
   uploads = {field: (f"{name}.png", open(paths[name], "rb").read()) for field, name in names.items()}
   with TestClient(app) as client:
-    r = client.post("/api/jobs", files=uploads, data={k: str(v) for k, v in SETTINGS.items()})
-    assert r.status_code == 201, r.text
-    job = wait_for(lambda: client.get(f"/api/jobs/{r.json()['id']}").json())
-    assert job["status"] == "done", job
-    image = np.asarray(Image.open(io.BytesIO(client.get(job["result_url"]).content)), np.float32) / 255.0
+    image = api_result(client, uploads, SETTINGS)
   assert np.abs(image - reference).max() <= 1.0 / 255 + 1e-6
 
 

@@ -42,3 +42,13 @@ def wait_for(get_job, statuses=("done", "failed", "cancelled"), timeout: float =
     if time.time() > deadline:
       raise AssertionError(f"timed out waiting; last state: {job}")
     time.sleep(0.1)
+
+
+def api_result(client, files: dict, settings: dict, timeout: float = 150.0) -> np.ndarray:
+  """Submits a job through `POST /api/jobs` (`settings` as form fields), waits until it is done and returns
+  its result as float32 in [0, 1] (RGB, or RGBA for a transparent photo)."""
+  response = client.post("/api/jobs", files=files, data={k: str(v) for k, v in settings.items()})
+  assert response.status_code == 201, response.text
+  job = wait_for(lambda: client.get(f"/api/jobs/{response.json()['id']}").json(), timeout=timeout)
+  assert job["status"] == "done", job
+  return np.asarray(Image.open(io.BytesIO(client.get(job["result_url"]).content)), np.float32) / 255.0

@@ -15,7 +15,10 @@
    different-size problem). With --warmup (default) every program is compiled once beforehand (one step per
    program, through the persistent compilation cache), so the times measure optimisation; the warm-up's own
    wall time is printed, not a cold (compile-included) time per recipe. With --nowarmup the times include
-   compilation, unless the persistent cache already holds the programs from an earlier run.
+   compilation, unless the persistent cache already holds the programs from an earlier run. The other way
+   round, each recipe's loss after its own iterations (100 for the preset) is looked up on Adam's curve (its
+   loss every `--adam_curve_every` steps, evaluations untimed): how much longer Adam needs for the recipe's
+   picture.
 2. `picture` (default 512 px): one picture with the quality preset, total wall time including loading,
    targets and compilation (target <= 10 minutes on 2 CPU cores).
 3. `curves` (default 512 px): loss against wall time at the final size for the quality preset and each
@@ -80,6 +83,8 @@ def _valid_variant(name):
 flags.register_validator("ttq_variants", lambda names: all(_valid_variant(n) for n in names),
                          f"--ttq_variants takes names ({', '.join(TTQ_VARIANTS)}) or config overrides "
                          "FIELD=VALUE[+FIELD=VALUE], e.g. lbfgs_precondition=0.5+scale_start=0")
+flags.DEFINE_integer("adam_curve_every", 10, "ttq: Adam's loss every N steps (untimed), to time Adam to each "
+                     "recipe's own result (0: off).")
 flags.DEFINE_boolean("warmup", True, "ttq: compile everything once first (persistent cache).")
 flags.DEFINE_integer("ttq_rounds", 1, "ttq: rounds of Adam then the recipes, alternately.")
 flags.DEFINE_enum("loss_normalization", None, ["gatys", "mean", "invariant"],
@@ -141,13 +146,49 @@ def _final_stage(run):
   return run.stage.index == run.stage.count - 1
 
 
+def _evaluator(weights, content, style, config):
+  """A jitted `image -> total loss` on the final stage's targets, as the engine makes them (the photo and
+  painting prepared for the colours), compiled before any clock starts."""
+  spec = optimize.loss_spec_from_config(config)
+  prepared, styles = color.prepare(content, [style], config.preserve_colors)
+  targets = optimize.targets_from_config(
+      weights, config, prepared, [engine.resize_style(styles[0], content.shape[:2], config.style_scale)])
+  evaluate = jax.jit(lambda image: optimize.make_loss_fn(spec)(image, targets, weights)[0])
+  evaluate(prepared).block_until_ready()
+  return evaluate
+
+
+class _AdamCurve:
+  """Engine hook: the total loss every `every` steps, with the seconds spent so far *less* these
+  evaluations (the run does not need them), so that the curve gives Adam's own time to any loss."""
+
+  def __init__(self, evaluate, every, begin):
+    self.evaluate, self.every, self.begin = evaluate, every, begin
+    self.points, self.spent = [], 0.0  # (step, seconds, loss); seconds spent evaluating.
+
+  def on_step(self, event):
+    if self.every and event.local_step % self.every == 0:
+      image = event.view.state.image[event.item].block_until_ready()  # The steps so far are Adam's time.
+      start = time.perf_counter()
+      seconds = start - self.begin - self.spent
+      self.points.append((event.local_step, seconds, float(self.evaluate(image))))
+      self.spent += time.perf_counter() - start
+
+  def first_below(self, loss):
+    """(step, seconds) of the first recorded point at or below `loss`, or None."""
+    return next(((step, seconds) for step, seconds, value in self.points if value <= loss), None)
+
+
 def _run_adam(weights, content, style, steps):
+  """The report's recipe for `steps` steps; also Adam's loss every `--adam_curve_every` steps (`_AdamCurve`)."""
   config = _objective(default.get_config())  # Adam lr 0.02, b1 0.99, content init: the report's Table 1.
   config.max_size, config.steps = max(content.shape[:2]), steps
   config.log_every = max(steps, 1)  # One evaluation of the losses, at the last step.
+  evaluate = _evaluator(weights, content, style, config) if FLAGS.adam_curve_every else None
   begin = time.perf_counter()
-  result = _run(weights, content, style, config)
-  return time.perf_counter() - begin, result.metrics["total"], result.image, config
+  curve = _AdamCurve(evaluate, FLAGS.adam_curve_every, begin)
+  result = _run(weights, content, style, config, run_hooks=[curve])
+  return time.perf_counter() - begin - curve.spent, result.metrics["total"], result.image, config, curve
 
 
 class _UntilLoss:
@@ -155,23 +196,31 @@ class _UntilLoss:
 
   The check is free: after each final-stage iteration the line search has already computed the loss at the
   new point (it is in the optimizer state). Only when that value is <= target_loss is the image's loss
-  evaluated (timed, like everything else) to confirm.
+  evaluated (timed, like everything else) to confirm. At final-stage step `own_steps` (the recipe's own
+  length) it also records the seconds so far and the loss there, `found['own']`; that evaluation is not
+  timed.
   """
 
-  def __init__(self, target_loss, evaluate, begin):
-    self.target_loss, self.evaluate, self.begin = target_loss, evaluate, begin
-    self.found = {"confirmations": 0, "seconds": None}
+  def __init__(self, target_loss, evaluate, begin, own_steps):
+    self.target_loss, self.evaluate, self.begin, self.own_steps = target_loss, evaluate, begin, own_steps
+    self.found = {"confirmations": 0, "seconds": None, "own": None}
+    self.spent = 0.0  # Seconds of the untimed evaluation.
 
   def on_step(self, event):
     if self.found["seconds"] is not None or not _final_stage(event.run):
       return
+    image = event.view.state.image[event.item]
+    if event.local_step == self.own_steps:
+      image.block_until_ready()  # The iterations so far are the recipe's time.
+      start = time.perf_counter()
+      self.found["own"] = (start - self.begin, float(self.evaluate(image)))
+      self.spent += time.perf_counter() - start
     if _linesearch_value(event) > self.target_loss:
       return
     self.found["confirmations"] += 1
-    image = event.view.state.image[event.item]
     loss = float(self.evaluate(image))
     if loss <= self.target_loss:
-      self.found.update(seconds=time.perf_counter() - self.begin, step=event.local_step, loss=loss,
+      self.found.update(seconds=time.perf_counter() - self.begin - self.spent, step=event.local_step, loss=loss,
                         image=np.asarray(image))
 
   def should_stop(self, run):
@@ -181,17 +230,11 @@ class _UntilLoss:
 def _run_quality_until(weights, content, style, target_loss, config):
   """Runs the quality preset until the final-stage image's total loss is <= target_loss (`_UntilLoss`)."""
   config = config.copy_and_resolve_references()
-  config.steps = FLAGS.max_lbfgs_steps
+  own_steps, config.steps = config.steps, FLAGS.max_lbfgs_steps
   config.log_every = FLAGS.max_lbfgs_steps + 1  # No metric evaluations during the run.
-  spec = optimize.loss_spec_from_config(config)
-  # The final stage's targets, as the engine makes them (the photo and painting prepared for the colours).
-  prepared, styles = color.prepare(content, [style], config.preserve_colors)
-  targets = optimize.targets_from_config(
-      weights, config, prepared, [engine.resize_style(styles[0], content.shape[:2], config.style_scale)])
-  evaluate = jax.jit(lambda image: optimize.make_loss_fn(spec)(image, targets, weights)[0])
-  evaluate(prepared).block_until_ready()  # Compiled before the clock starts, like the run's programs.
+  evaluate = _evaluator(weights, content, style, config)
   begin = time.perf_counter()
-  until = _UntilLoss(target_loss, evaluate, begin)
+  until = _UntilLoss(target_loss, evaluate, begin, own_steps)
   result = _run(weights, content, style, config, run_hooks=[until])
   found = until.found
   if found["seconds"] is None:
@@ -245,12 +288,14 @@ def bench_ttq(weights):
   ratios = {}
   for round_ in range(FLAGS.ttq_rounds):
     print(f"  round {round_ + 1}/{FLAGS.ttq_rounds}, load average {os.getloadavg()[0]:.1f}")
-    adam_seconds, target, adam_image, adam_config = _run_adam(weights, content, style, FLAGS.adam_steps)
+    adam_seconds, target, adam_image, adam_config, adam_curve = _run_adam(weights, content, style,
+                                                                          FLAGS.adam_steps)
     print(f"  Adam recipe: {FLAGS.adam_steps} steps (lr {optimize.DEFAULT_LR['adam']}, b1 {adam_config.adam_b1}, "
           f"eps {adam_config.adam_eps:g}, init {adam_config.init}, {adam_config.loss_normalization}): "
           f"L* = {target:.6g} in {adam_seconds:.1f} s")
     _save(f"ttq_adam_{size}.png", adam_image)
     for name, config in recipes.items():
+      own_steps = config.steps
       found, config = _run_quality_until(weights, content, style, target, config)
       sizes = engine.scale_sizes(size, start=config.scale_start, factor=config.scale_factor)
       overrides = {k: config[k] for k in quality.OVERRIDES if k != "steps"}
@@ -263,6 +308,14 @@ def bench_ttq(weights):
         print(f"    reached {found['loss']:.6g} <= L* after {found['step']} final-scale iterations "
               f"in {found['seconds']:.1f} s ({found['confirmations']} confirming evaluation(s)): "
               f"{adam_seconds / found['seconds']:.1f}x less time (target >= 10x)")
+      if found["own"] is not None:  # The other way round: Adam's time to the recipe's own result.
+        own_seconds, own_loss = found["own"]
+        adam_reached = adam_curve.first_below(own_loss)
+        print(f"    as run ({own_steps} final-scale iterations): loss {own_loss:.6g} in {own_seconds:.1f} s; "
+              + (f"Adam reached it after {adam_reached[0]} steps, {adam_reached[1]:.1f} s: "
+                 f"{adam_reached[1] / own_seconds:.1f}x more time" if adam_reached else
+                 f"Adam did not reach it within {FLAGS.adam_steps} steps (--adam_curve_every "
+                 f"{FLAGS.adam_curve_every})"))
       _save(f"ttq_{name.replace(' ', '_')}_{size}.png", found["image"])
   for name, values in ratios.items():
     print(f"  {name}: {len(values)} round(s), ratio min {min(values):.1f}x, max {max(values):.1f}x")

@@ -4,7 +4,6 @@ output or a fully transparent photo is one line."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image

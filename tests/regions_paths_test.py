@@ -4,7 +4,6 @@ and the web API; and each front end refuses bad masks with one line."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image

@@ -7,7 +7,8 @@ in `nst_jax.losses`.
 from nst_jax import losses, vgg
 from nst_jax.errors import NstJaxError
 from nst_jax.losses import content_loss, gram_matrix, style_loss, total_loss, total_variation_loss
-from nst_jax.optimize import Stylizer, stylize
+from nst_jax.api import stylize
+from nst_jax.optimize import Stylizer
 from nst_jax.vgg import extract_features
 
 __version__ = "0.1.0"

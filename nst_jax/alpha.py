@@ -8,18 +8,12 @@ painting's alpha says which of its pixels count in its Gram matrices. Both reuse
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from nst_jax.errors import NstJaxError
 from nst_jax.regions import BLACK
-
-# Pillow formats that store an alpha channel; any other output of a transparent picture is refused.
-FORMATS = ("PNG", "WEBP", "TIFF")
-
 
 def split(image, what: str = "content image") -> tuple[np.ndarray, np.ndarray | None]:
   """`[H, W, 3|4]` -> (RGB float32, alpha `[H, W]` or None when there is none or it is fully opaque).
@@ -49,14 +43,6 @@ def attach(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
   if alpha is None:
     return rgb
   return np.concatenate([np.asarray(rgb, np.float32), np.asarray(alpha, np.float32)[..., None]], axis=-1)
-
-
-def check_output(path: str) -> None:
-  """Raises unless `path`'s format keeps an alpha channel (for the output of a transparent picture)."""
-  image_format = Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower())
-  if image_format not in FORMATS:
-    raise NstJaxError(f"{path}: the content image is transparent and {image_format or 'this format'} cannot "
-                      f"store alpha; use .png, .webp or .tiff")
 
 
 def combine_sources(sources: Sequence | None, alphas: Sequence, num: int) -> list | None:

@@ -220,6 +220,18 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator:
     raise
 
 
+# Pillow formats that store an alpha channel; any other output of a transparent picture is refused.
+ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
+
+
+def check_alpha_output(path: str) -> None:
+  """Raises unless `path`'s format keeps an alpha channel (for the output of a transparent picture)."""
+  image_format = Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower())
+  if image_format not in ALPHA_FORMATS:
+    raise NstJaxError(f"{path}: the content image is transparent and {image_format or 'this format'} cannot "
+                      f"store alpha; use .png, .webp or .tiff")
+
+
 def save_image(path: str, image) -> None:
   """Writes float `[H, W, 3]` in [0, 1] as 8-bit RGB (`[H, W, 4]`: RGBA), atomically, format from the
   extension. RGBA to a format without alpha (JPEG...) is an error naming the formats that keep it."""
@@ -228,8 +240,7 @@ def save_image(path: str, image) -> None:
   if image_format is None:
     raise NstJaxError(f"unknown image format for output {path!r}; use e.g. .png or .jpg")
   if np.shape(image)[-1] == 4:
-    from nst_jax import alpha  # Not at import: alpha imports regions, which imports this module.
-    alpha.check_output(path)
+    check_alpha_output(path)
   try:
     with atomic_write(path) as f:
       Image.fromarray(to_uint8(image)).save(f, format=image_format)

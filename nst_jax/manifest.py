@@ -168,7 +168,7 @@ def _load_row(row: Row, raw: dict, folder: str, flag_settings: Mapping[str, Any]
   _make_folder(row.output)
   image_io.check_writable(row.output, overwrite=overwrite)
   if alpha.has_alpha(job.content):
-    alpha.check_output(row.output)  # The row's output must keep the photo's alpha.
+    image_io.check_alpha_output(row.output)  # The row's output must keep the photo's alpha.
   row.job = job
   row.tile_preview = int(config.tile_preview)
 

@@ -9,7 +9,7 @@ outside the state and are passed, not closed over, so they are not baked into th
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -529,37 +529,3 @@ class Stylizer:
     """How many step programs XLA compiled for this config (one per shape and batch size)."""
     return getattr(self.step, "_cache_size", lambda: 0)()
 
-
-def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
-            config: ml_collections.ConfigDict | None = None, *, weights: vgg.VGGWeights | None = None,
-            style_blend_weights: Sequence[float] | None = None, hooks: Iterable[Any] = (),
-            regions: Sequence[np.ndarray] | None = None,
-            region_sources: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
-  """Stylises `content` with `style`: float32 `[H, W, 3]` arrays in [0, 1] -> image of the content's size.
-
-  Transparency: `content` and any painting may be RGBA `[H, W, 4]` (straight alpha); an RGBA content gives
-  an RGBA result whose alpha is the content's, unchanged (docs/transparency.md).
-
-  The library front end of `nst_jax.engine`: every setting of `config` applies (coarse-to-fine, colours,
-  blends, style scale, presets' fields...).
-
-  Args:
-    content: the photo, already at the output size (see `image_io.load_image`).
-    style: one painting, or a list of paintings (any sizes) blended with `config.style_blend_weights`.
-    config: settings (`nst_jax.configs.default.get_config()` when None), validated here.
-    weights: VGG19 weights (`nst_jax.weights.load_vgg19()` when None: cached, or downloaded once).
-    style_blend_weights: shorthand for `config.style_blend_weights`.
-    hooks: `nst_jax.hooks` objects (progress, metrics, previews, stop).
-    regions, region_sources: spatial control, one mask per painting (`engine.Job`, docs/spatial-control.md).
-  """
-  from nst_jax import engine
-  from nst_jax import weights as weights_lib
-  from nst_jax.configs import default
-  config = ml_collections.ConfigDict((config or default.get_config()).to_dict())
-  if style_blend_weights is not None:
-    config.style_blend_weights = tuple(float(w) for w in style_blend_weights)
-  weights = weights or weights_lib.load_vgg19(None)
-  job = engine.Job(content=content, styles=engine.as_style_list(style), config=config, regions=regions,
-                   region_sources=region_sources)
-  (result,) = engine.Engine(weights).run([job], hooks=hooks)
-  return result.image

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 
+import nst_jax
 import numpy as np
 from absl import app, flags
 
@@ -39,7 +40,7 @@ def seam_figures(image: np.ndarray) -> dict:
 
 def main(argv):
   del argv
-  from nst_jax import image_io, inputs, optimize, settings, weights as weights_lib
+  from nst_jax import image_io, inputs, settings, weights as weights_lib
   weights = weights_lib.load_vgg19(FLAGS.weights)
   print(f"photo {os.path.basename(FLAGS.content)}, style {os.path.basename(FLAGS.style)}, max_size "
         f"{FLAGS.max_size}, {FLAGS.steps} Adam steps from {FLAGS.init}, weights {weights.source}; "
@@ -53,7 +54,7 @@ def main(argv):
     config = settings.resolve({"max_size": FLAGS.max_size, "steps": FLAGS.steps, "tile": tile, "init": FLAGS.init})
     job, _ = inputs.load_job(FLAGS.content, [FLAGS.style], config)
     begin = time.perf_counter()
-    image = optimize.stylize(job.content, job.styles, config, weights=weights)
+    image = nst_jax.stylize(job.content, job.styles, config, weights=weights)
     name = "tile" if tile else "no tile"
     for axis, (seam, inside, p95) in seam_figures(image).items():
       print(f"{name:<10} {axis:<8} {seam:8.4f} {inside:8.4f} {p95:10.4f}   ({time.perf_counter() - begin:.0f} s)")

@@ -4,13 +4,14 @@ output or a fully transparent photo is one line."""
 
 from __future__ import annotations
 
+import nst_jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import make_image, make_style
 from cross_path_test import run, run_manifest
-from nst_jax import image_io, inputs, manifest, optimize, rundir, settings, vgg
+from nst_jax import image_io, inputs, manifest, rundir, settings, vgg
 
 SETTINGS = {"max_size": 48, "steps": 6, "optimizer": "adam", "style_weight": 1e3, "log_every": 1,
             "content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1"}
@@ -39,7 +40,7 @@ def reference(files):
   config = settings.resolve(SETTINGS, num_styles=1)
   job, _ = inputs.load_job(paths["content"], [paths["style"]], config)
   assert job.content.shape == (36, 48, 4) and job.styles[0].shape[-1] == 4
-  image = optimize.stylize(job.content, job.styles, config, weights=vgg.random_weights(0))
+  image = nst_jax.stylize(job.content, job.styles, config, weights=vgg.random_weights(0))
   assert image.shape == (36, 48, 4) and np.array_equal(image[..., 3], job.content[..., 3])
   return image
 

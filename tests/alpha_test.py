@@ -3,6 +3,7 @@ alpha leaves its transparent pixels out of its Gram matrices, and bad outputs/in
 
 from __future__ import annotations
 
+import nst_jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,9 +77,9 @@ def test_content_alpha_is_kept_and_the_opaque_half_is_styled_as_if_alone():
   content = half_transparent()
   painting = make_style(48, 48)
   # The painting is 48 px in both runs: style_scale x the output's longest side.
-  full = optimize.stylize(content, painting, settings.resolve({"max_size": 64, "style_scale": 0.75, **SETTINGS},
+  full = nst_jax.stylize(content, painting, settings.resolve({"max_size": 64, "style_scale": 0.75, **SETTINGS},
                                                               num_styles=1), weights=weights)
-  alone = optimize.stylize(content[:, :32, :3], painting,
+  alone = nst_jax.stylize(content[:, :32, :3], painting,
                            settings.resolve({"max_size": 48, "style_scale": 1.0, **SETTINGS}, num_styles=1),
                            weights=weights)
   assert full.shape == (48, 64, 4) and np.array_equal(full[..., 3], content[..., 3])
@@ -97,8 +98,8 @@ def test_an_opaque_rgba_image_behaves_exactly_as_rgb(tmp_path):
   weights = vgg.random_weights(0)
   rgb, painting = make_image(32, 32), make_style(32, 32)
   opaque = np.concatenate([rgb, np.ones((32, 32, 1), np.float32)], -1)
-  plain = optimize.stylize(rgb, painting, config, weights=weights)
-  assert np.array_equal(optimize.stylize(opaque, painting, config, weights=weights), plain)
+  plain = nst_jax.stylize(rgb, painting, config, weights=weights)
+  assert np.array_equal(nst_jax.stylize(opaque, painting, config, weights=weights), plain)
   path = str(tmp_path / "opaque.png")
   Image.fromarray(image_io.to_uint8(opaque)).save(path)
   job, _ = inputs.load_job(path, [path], config)

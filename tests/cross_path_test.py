@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 
+import nst_jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import make_image, make_style
-from nst_jax import image_io, inputs, optimize, rundir, settings, vgg
+from nst_jax import image_io, inputs, rundir, settings, vgg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {"max_size": 64, "steps": 40, "optimizer": "adam", "style_blend_weights": "3,1",
@@ -52,7 +53,7 @@ def reference(files):
   _, paths = files
   config = settings.resolve(SETTINGS, num_styles=2)
   job, _ = inputs.load_job(paths["content"], [paths["style_a"], paths["style_b"]], config)
-  return optimize.stylize(job.content, job.styles, config, weights=vgg.random_weights(0))
+  return nst_jax.stylize(job.content, job.styles, config, weights=vgg.random_weights(0))
 
 
 def command(*args, cwd):

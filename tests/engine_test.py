@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import nst_jax
 import numpy as np
 import optax
 import pytest
@@ -82,8 +83,8 @@ def test_blend_weights_one_zero_equal_the_single_style_result(weights):
   content = _image(data.chelsea(), (24, 24))
   style_a = _image(data.coffee(), (24, 24))
   style_b = _image(data.astronaut(), (24, 24))
-  single = optimize.stylize(content, [style_a], _config(), weights=weights)
-  blended = optimize.stylize(content, [style_a, style_b], _config(style_blend_weights=(1.0, 0.0)), weights=weights)
+  single = nst_jax.stylize(content, [style_a], _config(), weights=weights)
+  blended = nst_jax.stylize(content, [style_a, style_b], _config(style_blend_weights=(1.0, 0.0)), weights=weights)
   np.testing.assert_allclose(blended, single, atol=1e-6)
   assert np.abs(single - content).max() > 1e-3  # The steps did something.
   # The other weight selects the other style's target.
@@ -94,14 +95,14 @@ def test_blend_weights_one_zero_equal_the_single_style_result(weights):
   for name in spec.style_layers:
     np.testing.assert_allclose(t01.style_grams[name], tb.style_grams[name], rtol=1e-6)
   with pytest.raises(NstJaxError, match="blend"):
-    optimize.stylize(content, [style_a], _config(style_blend_weights=(1.0, 0.0)), weights=weights)
+    nst_jax.stylize(content, [style_a], _config(style_blend_weights=(1.0, 0.0)), weights=weights)
 
 
 def test_luminance_only_run_keeps_the_photo_chroma(weights):
   photo = 0.2 + 0.6 * _image(data.chelsea(), (24, 24))
   style = _image(data.coffee(), (24, 24))
   config = _config(init="noise", preserve_colors="luminance")
-  image = optimize.stylize(photo, [style], config, weights=weights)
+  image = nst_jax.stylize(photo, [style], config, weights=weights)
   out, ref = color.rgb_to_yiq(image), color.rgb_to_yiq(photo)
   unclipped = np.all((image > 0.001) & (image < 0.999), axis=-1)
   assert unclipped.mean() > 0.5

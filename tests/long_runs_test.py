@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import nst_jax
 import numpy as np
 import pytest
 from skimage import data
@@ -40,7 +41,7 @@ def reference(files):
   content = image_io.load_image(files[0], SIZE)
   style = image_io.load_image(files[1], SIZE)
   stylizer = optimize.Stylizer(config)
-  return optimize.stylize(content, style, config, weights=vgg.random_weights(0)), stylizer, content
+  return nst_jax.stylize(content, style, config, weights=vgg.random_weights(0)), stylizer, content
 
 
 def start(files, workdir, *extra):

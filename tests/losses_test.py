@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import nst_jax
 import numpy as np
 import pytest
 
@@ -230,7 +231,7 @@ def test_full_loss_gradient_matches_finite_differences_float64(pooling, normaliz
 def _stylize_small(weights, normalization, look, steps=5):
   config = settings.resolve({"preset": look, "loss_normalization": normalization, "max_size": 32, "steps": steps,
                              "content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1", "log_every": steps})
-  return optimize.stylize(make_image(32, 32, seed=3), make_style(32, 32, seed=4), config, weights=weights)
+  return nst_jax.stylize(make_image(32, 32, seed=3), make_style(32, 32, seed=4), config, weights=weights)
 
 
 def test_invariant_gives_the_same_picture_with_rescaled_vgg_layers_and_gatys_does_not(random_weights):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import nst_jax
 import numpy as np
 import pytest
 
@@ -182,7 +183,7 @@ def test_blend_weights(random_weights):
 def test_stylize_api(random_weights):
   content, style = make_image(24, 32), make_style(32, 32)
   config = small_config(steps=3)
-  out = optimize.stylize(content, style, config, weights=random_weights)
+  out = nst_jax.stylize(content, style, config, weights=random_weights)
   assert out.shape == content.shape and out.dtype == np.float32
   assert 0.0 <= out.min() and out.max() <= 1.0
   assert not np.array_equal(out, content)

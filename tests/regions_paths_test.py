@@ -4,13 +4,14 @@ and the web API; and each front end refuses bad masks with one line."""
 
 from __future__ import annotations
 
+import nst_jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import make_image, make_style
 from cross_path_test import assert_png_matches, run, run_manifest
-from nst_jax import image_io, inputs, manifest, optimize, rundir, settings, vgg
+from nst_jax import image_io, inputs, manifest, rundir, settings, vgg
 
 SETTINGS = {"max_size": 64, "steps": 6, "optimizer": "adam", "scales": "32,2,3", "style_weight": 1e3,
             "log_every": 1, "outside_content_weight": 2.0, "content_layers": "relu2_1",
@@ -55,9 +56,9 @@ def reference(files):
                                style_regions=[paths["left"], paths["right"]],
                                style_region_sources=[None, paths["source_b"]])
   assert any("converted to greyscale" in note for note in notes)
-  image = optimize.stylize(job.content, job.styles, config, weights=vgg.random_weights(0), regions=job.regions,
+  image = nst_jax.stylize(job.content, job.styles, config, weights=vgg.random_weights(0), regions=job.regions,
                            region_sources=job.region_sources)
-  plain = optimize.stylize(job.content, job.styles, config, weights=vgg.random_weights(0))
+  plain = nst_jax.stylize(job.content, job.styles, config, weights=vgg.random_weights(0))
   assert np.abs(image - plain).max() > 0.01  # The regions made a difference.
   return image
 

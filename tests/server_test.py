@@ -12,12 +12,13 @@ import sys
 import time
 
 import httpx
+import nst_jax
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from nst_jax import engine, inputs, optimize, settings, vgg
+from nst_jax import engine, inputs, settings, vgg
 from nst_jax.server.app import create_app
 from web_helpers import free_port, live_server, png_bytes, wait_for
 
@@ -186,7 +187,7 @@ def _library_result(tmp_path, content: bytes, styles: list[bytes], data: dict) -
     paths[-1].write_bytes(image)
   config = settings.resolve(data, num_styles=len(styles))
   job, _ = inputs.load_job(str(paths[0]), [str(p) for p in paths[1:]], config)
-  return optimize.stylize(job.content, job.styles, config, weights=WEIGHTS)
+  return nst_jax.stylize(job.content, job.styles, config, weights=WEIGHTS)
 
 
 def _result_image(client, job: dict) -> np.ndarray:

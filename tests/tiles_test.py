@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import nst_jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,7 +13,6 @@ from PIL import Image
 from benchmarks.torch_reference import VGG19_CFG, layer_names
 from conftest import make_image, make_style
 from nst_jax import engine, image_io, losses, manifest, optimize, settings, tiles, vgg
-from nst_jax.configs import default
 from nst_jax.errors import NstJaxError
 
 SHALLOW = {"content_layers": ("relu2_1",), "style_layers": ("relu1_1", "relu2_1")}
@@ -158,8 +158,8 @@ def shift_errors(random_weights, tile: bool, extra: dict, shift: int = 16, size:
   config = settings.resolve({**SHALLOW, "tile": tile, "max_size": size, "steps": 10, "log_every": 10,
                              "loss_normalization": "gatys", **extra})
   photo, style = tileable_image(size, seed=0), make_style(48, 48)
-  first = optimize.stylize(photo, style, config, weights=random_weights)
-  second = optimize.stylize(np.roll(photo, (shift, shift), (0, 1)), style, config, weights=random_weights)
+  first = nst_jax.stylize(photo, style, config, weights=random_weights)
+  second = nst_jax.stylize(np.roll(photo, (shift, shift), (0, 1)), style, config, weights=random_weights)
   assert np.abs(first - photo).mean() > 1e-2  # It did stylise.
   return np.abs(np.roll(first, (shift, shift), (0, 1)) - second)
 
@@ -249,7 +249,7 @@ def test_non_square_and_odd_sizes_work_with_a_note(random_weights):
   config = settings.resolve({**SHALLOW, "tile": True, "max_size": 40, "steps": 2})
   assert engine.plan_notes(config, (30, 40)) and "multiple of 16" in engine.plan_notes(config, (30, 40))[0]
   assert engine.plan_notes(config, (32, 48)) == []
-  out = optimize.stylize(make_image(30, 40), make_style(32, 32), config, weights=random_weights)
+  out = nst_jax.stylize(make_image(30, 40), make_style(32, 32), config, weights=random_weights)
   assert out.shape == (30, 40, 3) and np.isfinite(out).all()
 
 

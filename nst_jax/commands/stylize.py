@@ -119,7 +119,7 @@ def load_job_and_weights(config, **kwargs) -> tuple[engine.Job, object]:
   job, notes = inputs.load_job(FLAGS.content, FLAGS.style, config, style_regions=FLAGS.style_region,
                                style_region_sources=FLAGS.style_region_source, **kwargs)
   if alpha.has_alpha(job.content) and FLAGS.output and not FLAGS.dry_run:
-    alpha.check_output(FLAGS.output)  # Before any work: the output must keep the photo's alpha.
+    image_io.check_alpha_output(FLAGS.output)  # Before any work: the output must keep the photo's alpha.
   weights = load_weights()
   for note in notes + engine.plan_notes(config, job.content.shape):
     print(f"note: {note}", file=sys.stderr)

@@ -161,7 +161,7 @@ def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: fl
     if stream.frames > max_frames:
       raise ClipTooLarge(f"{path}: {stream.frames} frames is over the limit of {max_frames}")
     fps = _stream_fps(stream)
-    frames = []
+    frames, first_shape = [], None
     try:
       for frame in container.decode(stream):
         if len(frames) == max_frames:
@@ -172,10 +172,9 @@ def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: fl
           raise ClipTooLarge(f"{path}: a {frame.width}x{frame.height} frame is over the limit of "
                              f"{max_pixels:,} pixels")
         rgb = frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
-        if frames and rgb.shape[:2] != first_shape:
+        first_shape = first_shape or rgb.shape[:2]
+        if rgb.shape[:2] != first_shape:
           rgb = image_io.resize(rgb, first_shape)  # A stream that changes size mid-way: keep the first.
-        elif not frames:
-          first_shape = rgb.shape[:2]
         frames.append(_resized(rgb, max_size))
     except (av.error.FFmpegError, OSError, ValueError) as e:
       raise NstJaxError(f"{path}: cannot decode its video ({_one_line(e)})") from None

@@ -135,7 +135,7 @@ def main(argv):
                f"--remat={FLAGS.remat}", f"--weights={FLAGS.weights}", f"--recipe={FLAGS.recipe}",
                f"--estimate={FLAGS.estimate}", f"--run_steps={FLAGS.run_steps}"]
     result = subprocess.run(command, capture_output=True, text=True)
-    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     print(lines[-1] if result.returncode == 0 and lines else
           f"size {size}: failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}", flush=True)
 

@@ -27,7 +27,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from nst_jax import engine, flow, hooks, image_io, settings, video, weights as weights_lib
+from nst_jax import engine, flow, image_io, settings, video, weights as weights_lib
 from nst_jax.commands import common
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")

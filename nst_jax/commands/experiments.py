@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from absl import flags
 
 from nst_jax import experiments, image_io, inputs, settings

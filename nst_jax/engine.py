@@ -136,14 +136,21 @@ def carry_opt_state(old: PyTree, new: PyTree, old_shape: tuple, new_shape: tuple
   return jax.tree.map(move, old, new)
 
 
-def resize_style(style: np.ndarray, output_shape: Sequence[int], style_scale: float) -> np.ndarray:
-  """The style image with its longest side `style_scale` times the output's longest side (its short side at
-  least `image_io.MIN_SIZE`, which VGG19's fifth block needs)."""
+def style_longest_side(style_shape: Sequence[int], output_shape: Sequence[int], style_scale: float) -> int:
+  """The one size rule for paintings: the longest side a painting of `style_shape` gets for an output of
+  `output_shape`, `style_scale` times the output's longest side, raised so that the painting's short side is at
+  least `image_io.MIN_SIZE` (VGG19's fifth block needs it)."""
   if not np.isfinite(style_scale) or style_scale <= 0:
     raise NstJaxError(f"style_scale must be positive, got {style_scale}")
   longest = int(round(style_scale * max(output_shape[:2])))
-  floor = int(np.ceil(image_io.MIN_SIZE * max(style.shape[:2]) / min(style.shape[:2])))
-  return image_io.resize_longest(np.asarray(style, np.float32), max(longest, floor))
+  floor = int(np.ceil(image_io.MIN_SIZE * max(style_shape[:2]) / min(style_shape[:2])))
+  return max(longest, floor)
+
+
+def resize_style(style: np.ndarray, output_shape: Sequence[int], style_scale: float) -> np.ndarray:
+  """The painting at `style_longest_side` for an output of `output_shape` (one resize from `style`)."""
+  style = np.asarray(style, np.float32)
+  return image_io.resize_longest(style, style_longest_side(style.shape, output_shape, style_scale))
 
 
 def as_style_list(style: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

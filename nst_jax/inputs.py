@@ -2,9 +2,10 @@
 
     job, notes = inputs.load_job("photo.jpg", ["a.jpg", "b.jpg"], config, name="out.png")
 
-The photo is resized so its longest side is `config.max_size`; each painting so its longest side is
-`config.style_scale * max_size` (the engine resizes it again per stage, from this copy). `notes` are
-one-line messages about what happened that a user might not expect (an upscaled photo).
+The photo is resized so its longest side is `config.max_size`; each painting by the engine's one rule
+(`engine.resize_style`: `config.style_scale * max_size`, its short side at least `image_io.MIN_SIZE`), once,
+from the file; the engine's last stage then uses it as it is, and coarser stages resize it from this copy.
+`notes` are one-line messages about what happened that a user might not expect (an upscaled photo).
 """
 
 from __future__ import annotations
@@ -32,8 +33,21 @@ def prepare_content(image: np.ndarray, max_size: int, what: str = "content image
 
 
 def style_size(config: ml_collections.ConfigDict) -> int:
-  """The longest side paintings are loaded at: `style_scale x max_size` (at least `image_io.MIN_SIZE`)."""
+  """`style_scale x max_size` (at least `image_io.MIN_SIZE`): the longest side of a painting of ordinary aspect
+  ratio (`prepare_painting` raises it for a very long or tall one). Upload caps use it."""
   return max(image_io.MIN_SIZE, round(float(config.style_scale) * int(config.max_size)))
+
+
+def prepare_painting(image: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+  """A painting (RGB or RGBA, any size) at the size the job's output stage uses: `engine.resize_style`."""
+  size = int(config.max_size)
+  return engine.resize_style(image, (size, size), float(config.style_scale))
+
+
+def load_painting(path: str, config: ml_collections.ConfigDict, *, keep_alpha: bool = True) -> np.ndarray:
+  """`prepare_painting` of a file (or `skimage:NAME`): decoded once, resized once."""
+  image = image_io.open_image_keep_alpha(path) if keep_alpha else image_io.open_image(path)
+  return prepare_painting(image, config)
 
 
 def load_masks(paths: Sequence[str | None] | None, what: str, max_size: int) -> tuple[list | None, list[str]]:
@@ -66,11 +80,12 @@ def load_job(content: str, styles: Sequence[str], config: ml_collections.ConfigD
     raise NstJaxError("at least one style image is needed")
   photo, notes = prepare_content(image_io.open_image_keep_alpha(content), int(config.max_size))
   alpha.split(photo)  # A fully transparent photo is an error before any work.
-  paintings = [image_io.load_image_keep_alpha(path, style_size(config)) for path in styles]
+  paintings = [load_painting(path, config) for path in styles]
   for i, painting in enumerate(paintings, start=1):
     alpha.split(painting, f"style image {i}")
   masks, mask_notes = load_masks(style_regions, "style_region", int(config.max_size))
-  sources, source_notes = load_masks(style_region_sources, "style_region_source", style_size(config))
+  sources, source_notes = load_masks(style_region_sources, "style_region_source",
+                                     max([max(p.shape[:2]) for p in paintings]))
   regions.check(masks, sources, photo.shape, [p.shape for p in paintings])
   return engine.Job(content=photo, styles=paintings, config=config, name=name, checkpoint_dir=checkpoint_dir,
                     regions=masks, region_sources=sources), notes + mask_notes + source_notes

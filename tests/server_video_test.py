@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from nst_jax import image_io, inputs, settings, video, video_io, vgg
+from nst_jax import inputs, settings, video, video_io, vgg
 from nst_jax.server.app import STATIC_DIR, create_app
 from web_helpers import png_bytes, wait_for
 
@@ -103,7 +103,7 @@ def test_clip_job_progress_by_frame_and_mp4_result_equal_to_the_library(client, 
   path.write_bytes(data)
   config = settings.resolve({**options, "log_every": 1}, num_styles=1, scope="video")
   frames = [inputs.prepare_content(f, 32)[0] for f in video_io.read_clip(str(path), 32).frames]
-  style = image_io.load_image(os.path.join(folder, "style.png"), inputs.style_size(config))
+  style = inputs.load_painting(os.path.join(folder, "style.png"), config, keep_alpha=False)
   expected = video.run_video(frames, [style], config, weights=WEIGHTS).frames
   video_io.write_video(str(tmp_path / "library.mp4"), expected, FPS)
   library = _mp4_info((tmp_path / "library.mp4").read_bytes())["frames"]

@@ -21,7 +21,7 @@ import sys
 
 from absl import flags
 
-from nst_jax import hooks, image_io, inputs, video
+from nst_jax import hooks, inputs, video
 from nst_jax.commands import common, stylize  # Stylize defines the setting flags: one vocabulary.
 from nst_jax.errors import NstJaxError
 
@@ -82,7 +82,7 @@ def main(argv):
   clip = video_io.read_clip(FLAGS.input, int(config.max_size))
   shape = clip.frames[0].shape
   frames = [inputs.prepare_content(f, int(config.max_size), f"frame {i + 1}")[0] for i, f in enumerate(clip.frames)]
-  styles = [image_io.load_image(path, inputs.style_size(config)) for path in FLAGS.style]
+  styles = [inputs.load_painting(path, config, keep_alpha=False) for path in FLAGS.style]
   weights = stylize.load_weights()
   passes = len(video.pass_plan(config))
   print(f"{len(frames)} frames {shape[1]}x{shape[0]} at {clip.fps:g} fps, {config.video_mode}"

@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from nst_jax import __version__, cost, engine as engine_lib, image_io, inputs, optimize, settings, tiles
+from nst_jax import __version__, cost, engine as engine_lib, inputs, optimize, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
 from nst_jax.server import submit as submit_lib
@@ -355,7 +355,7 @@ async def _estimate_job(request: Request, limits: Limits):
     photo, _ = inputs.prepare_content(images[0], int(config.max_size))
   except NstJaxError as e:
     raise SubmitError(422, str(e)) from None
-  styles = [image_io.resize_longest(style, inputs.style_size(config)) for style in images[1:]]
+  styles = [inputs.prepare_painting(style, config) for style in images[1:]]
   return engine_lib.Job(content=photo, styles=styles, config=config, name="")
 
 

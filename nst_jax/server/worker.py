@@ -80,7 +80,7 @@ def load_video(store: JobStore, job: dict) -> tuple[list[np.ndarray], list[np.nd
   config = job_config(job["options"], len(styles), kind="video")
   clip = video_io.read_clip(store.path(job["id"], FRAMES_DIR), int(config.max_size))
   frames = [inputs.prepare_content(f, int(config.max_size), f"frame {i + 1}")[0] for i, f in enumerate(clip.frames)]
-  paintings = [image_io.load_image(path, inputs.style_size(config)) for path in styles]
+  paintings = [inputs.load_painting(path, config, keep_alpha=False) for path in styles]
   with open(store.path(job["id"], CLIP_FILE), encoding="utf-8") as f:
     fps = float(json.load(f)["fps"])
   return frames, paintings, config, fps

@@ -328,6 +328,7 @@ def test_page_cookie_and_headers(idle_app):
   cookie = r.headers["set-cookie"]
   assert "nst_client=" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
   assert "script-src 'self'" in r.headers["content-security-policy"]
+  assert "media-src 'self' blob:" in r.headers["content-security-policy"]  # The chosen clip and the result video.
   assert c.get("/static/app.js").status_code == 200
   # The page never puts user text into HTML: no innerHTML / insertAdjacentHTML / document.write.
   script = c.get("/static/app.js").text

@@ -46,10 +46,12 @@ HEADER = "X-NST-Client"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 # Decoded-pixel limit for uploads (decompression bombs): 40 megapixels.
 DEFAULT_MAX_PIXELS = 40_000_000
+ACCELERATOR_MAX_BATCH = 4  # Jobs per vmapped step with a GPU or TPU (1 on a CPU: `default_max_batch`).
+# media-src: the chosen clip plays from a blob: URL before upload, the result video from this server.
 _SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
-                               "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-                               "frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                               "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",

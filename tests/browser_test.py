@@ -167,3 +167,31 @@ def test_a_region_chosen_on_the_page_is_sent_as_masks_of_the_photo_aspect_ratio(
   corner = image_io.open_image(store.path(second, "style_region.png"))[..., 0]
   assert corner[:16, 20:].min() == 1.0 and corner[16:].max() == 0.0 and corner[:, :20].max() == 0.0
   assert not os.path.exists(store.path(second, "style2_region.png"))
+
+
+def test_a_chosen_clip_plays_in_its_box_under_the_pages_security_policy(tmp_path):
+  """The page shows a chosen clip from a blob: URL before it is sent: the Content-Security-Policy must allow
+  it (it had no media-src, so the box stayed blank). The page runs with its real policy here (no bypass_csp),
+  and the browser reports no violation."""
+  sync_playwright = _playwright()
+  from server_video_test import clip_bytes
+  app = create_app(data_dir=str(tmp_path / "data"), weights=vgg.random_weights(0), rate_limit=0,
+                   start_worker=False)
+  with live_server(app) as base, sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+      page = browser.new_page(viewport={"width": 1000, "height": 900})
+      console = []
+      page.on("console", lambda message: console.append(message.text))
+      page.goto(base + "/")
+      page.wait_for_selector("input[name=preset][value=painterly]", state="attached")
+      page.set_input_files("#content-input", files=[{"name": "clip.mp4", "mimeType": "video/mp4",
+                                                     "buffer": clip_bytes(num_frames=3, audio=False)}])
+      page.wait_for_selector("#content-clip", state="visible")
+      # A function, not a string: the page's policy forbids the eval that string predicates need.
+      page.wait_for_function("() => document.getElementById('content-clip').readyState >= 2", timeout=30_000)
+      assert page.eval_on_selector("#content-clip", "v => [v.src.slice(0, 5), v.videoWidth, v.videoHeight]") == [
+          "blob:", 40, 32]
+    finally:
+      browser.close()
+  assert not [line for line in console if "Content Security Policy" in line], console

@@ -36,7 +36,7 @@ def _files(content=None, style=None, name="photo.png"):
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-  app = create_app(data_dir=str(tmp_path_factory.mktemp("data")), weights=WEIGHTS, rate_limit=0,
+  app = create_app(data_dir=str(tmp_path_factory.mktemp("data")), weights=WEIGHTS, rate_limit=0, max_batch=4,
                    checkpoint_every=0.3, preview_every=0.3, batch_wait=0.2, event_interval=0.1)
   with TestClient(app) as c:
     yield c
@@ -218,7 +218,7 @@ def test_two_paintings_and_kept_colours_equal_the_library_call(tmp_path):
 
 def test_jobs_with_other_step_counts_share_a_batch_and_equal_their_single_runs(tmp_path):
   """Other step counts, looks, colours and photo sizes (one output shape): one batch, one compiled program."""
-  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0,
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0, max_batch=4,
                    checkpoint_every=None, preview_every=0.2, start_worker=False)
   asks = [{"max_size": 32, "steps": 6, **SHALLOW},
           {"max_size": 32, "steps": 11, "preset": "painterly", "preserve_colors": "luminance", **SHALLOW},
@@ -245,7 +245,7 @@ def test_jobs_with_other_step_counts_share_a_batch_and_equal_their_single_runs(t
 
 def test_one_bad_job_does_not_fail_its_batch(tmp_path):
   """A job whose checkpoint belongs to another run fails alone, naming the problem; its batch-mate finishes."""
-  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0,
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0, max_batch=4,
                    checkpoint_every=None, start_worker=False)
   store = app.state.store
   with TestClient(app) as client:
@@ -329,6 +329,7 @@ def test_page_cookie_and_headers(idle_app):
   cookie = r.headers["set-cookie"]
   assert "nst_client=" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
   assert "script-src 'self'" in r.headers["content-security-policy"]
+  assert "media-src 'self' blob:" in r.headers["content-security-policy"]  # The chosen clip and the result video.
   assert c.get("/static/app.js").status_code == 200
   # The page never puts user text into HTML: no innerHTML / insertAdjacentHTML / document.write.
   script = c.get("/static/app.js").text
@@ -349,7 +350,7 @@ def test_openapi_schema(idle_app):
 
 
 def test_jobs_of_one_bucket_may_differ_in_steps_weights_and_colours(tmp_path):
-  app = create_app(data_dir=str(tmp_path), weights=WEIGHTS, start_worker=False, rate_limit=0)
+  app = create_app(data_dir=str(tmp_path), weights=WEIGHTS, start_worker=False, rate_limit=0, max_batch=4)
   store, worker = app.state.store, app.state.worker
   client = TestClient(app)
   submit = lambda **data: client.post("/api/jobs", files=_files(), data={"max_size": 32, **data}).json()
@@ -455,3 +456,125 @@ def test_load_twenty_concurrent_jobs_batched(tmp_path):
       c.close()
   assert stats["jobs"] == {"done": 20}
   assert 1 <= stats["compiled_steps"] < 20 and stats["batches_run"] < 20
+
+
+def _video_job(store, frames: int) -> str:
+  """A running clip job in `store` (no files: the progress hooks only write the database)."""
+  from nst_jax.server import jobs
+  job_id = jobs.new_job_id()
+  store.create(job_id=job_id, owner="x", options={}, label="clip.mp4", height=26, width=32, steps=4, kind="video",
+               frames=frames)
+  store.claim([job_id], 1)
+  return job_id
+
+
+@pytest.mark.parametrize("mode", ["sequential", "multipass"])
+def test_a_clips_progress_only_grows_and_its_eta_never_drops_to_zero_between_frames(tmp_path, monkeypatch, mode):
+  """The calls `run_video` makes into the worker's video hooks, in its order (sequential: one frame per engine
+  call; multipass with max_batch 1: both frames of a pass started, then stepped one after the other): the
+  page's bar (`progress`) never goes back, and while frames are left the ETA is a positive figure, also
+  between frames (it used to drop to 0 s there, and the bar went back when the next frame started)."""
+  import itertools
+  import types
+
+  from nst_jax.server import app as app_lib, jobs, worker as worker_lib
+  clock = itertools.count(1000.0, 0.5)  # Every progress write takes half a second of this clock.
+  monkeypatch.setattr(jobs, "time", types.SimpleNamespace(time=lambda: next(clock)))
+  store = jobs.JobStore(str(tmp_path))
+  # Engine calls, each a list of frame jobs: three frames one by one, or two frames twice (two passes).
+  calls = [["frame 1"], ["frame 2"], ["frame 3"]] if mode == "sequential" else [["f1 pass 1", "f2 pass 1"],
+                                                                                ["f1 pass 2", "f2 pass 2"]]
+  total = sum(len(group) for group in calls)
+  job_id = _video_job(store, total)
+  worker = types.SimpleNamespace(store=store, preview_every=1e9, _stop=None, _cancel=set())
+  hooks = worker_lib._VideoHooks(worker, job_id)
+  seen = []
+
+  def look(where: str) -> None:
+    view = app_lib._view(store, store.get(job_id))
+    seen.append((where, view["progress"], view["eta_seconds"], view["frame"], view["step"]))
+
+  done = 0
+  hooks.progress({"done": 0, "total": total})
+  for group in calls:
+    runs = [types.SimpleNamespace(job=types.SimpleNamespace(name=name), step=0, total_steps=4) for name in group]
+    for run in runs:  # The engine starts every job of a call before its first step.
+      hooks.on_job_start(run)
+      look(f"start {run.job.name}")
+    for run in runs:  # max_batch 1: one bucket after the other.
+      for step in range(1, 5):
+        hooks.on_step(types.SimpleNamespace(run=run, step=step, metrics={"steps_per_second": 8.0}, image=None))
+        look(f"{run.job.name} step {step}")
+      hooks.on_job_end(run)
+      look(f"end {run.job.name}")
+    done += len(group)
+    hooks.progress({"done": done, "total": total})
+    look(f"between frames ({done} done)")
+  progress = [p for _, p, _, _, _ in seen]
+  assert progress == sorted(progress), seen
+  assert progress[-1] == 1.0 and [f for *_, f, _ in seen] == sorted(f for *_, f, _ in seen)
+  assert seen[-1][3] == total
+  second_step = next(i for i, s in enumerate(seen) if s[0].endswith("step 2"))
+  measured = [s for s in seen[second_step:] if s[1] < 1.0]  # After the first two steps the rate is known.
+  assert measured and all(eta is not None and eta > 0 for _, _, eta, _, _ in measured), seen
+  # Between frames the ETA is what is left of the clip at the measured rate, not 0 s.
+  gaps = [(p, eta) for where, p, eta, _, _ in seen if where.startswith("between") and p < 1.0]
+  assert gaps and all(eta >= 1.0 for _, eta in gaps), gaps
+
+
+def test_the_eta_is_the_work_left_at_the_rate_measured_since_the_first_step():
+  from nst_jax.server.jobs import progress_figures
+  job = {"status": "running", "progress": 0.5, "rate_since": 100.0, "rate_progress0": 0.1, "progress_at": 108.0}
+  assert progress_figures(job) == (0.5, pytest.approx(10.0))  # 0.4 of the job took 8 s: 0.5 left is 10 s.
+  assert progress_figures({**job, "progress_at": 100.0, "progress": 0.1}) == (0.1, None)  # Not measured yet.
+  assert progress_figures({**job, "status": "queued"}) == (0.5, None)
+  assert progress_figures({**job, "status": "done"}) == (1.0, None)
+
+
+def test_max_batch_is_one_on_a_cpu_and_four_with_an_accelerator(tmp_path, monkeypatch):
+  """docs/web.md advises --max_batch 1 on a CPU: that is the default there; an accelerator keeps 4."""
+  import types
+
+  import jax
+
+  from nst_jax.server import app as app_lib
+  if {d.platform for d in jax.devices()} != {"cpu"}:
+    pytest.skip("this check needs a CPU-only JAX")
+  assert create_app(data_dir=str(tmp_path), weights=WEIGHTS, start_worker=False).state.worker.max_batch == 1
+  assert create_app(data_dir=str(tmp_path), weights=WEIGHTS, start_worker=False,
+                    max_batch=3).state.worker.max_batch == 3
+  monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu")])
+  assert app_lib.default_max_batch() == 4
+  monkeypatch.undo()
+  done = subprocess.run([sys.executable, "-m", "nst_jax.commands.serve", "--help"], capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "PYTHONPATH": REPO}, check=False)
+  assert done.returncode == 0, done.stderr
+  text = " ".join(done.stdout.split())
+  assert "Default: 1 when JAX sees only CPUs" in text and "4 with a GPU or TPU" in text, text
+
+
+def test_the_server_log_has_one_line_per_job_status(tmp_path, caplog):
+  """Queued, started, done, cancelled (queued and running) and failed: one line each on the nst_jax.server
+  log (which `nst-jax serve` writes to stderr), with the id, kind, size, steps and seconds."""
+  import logging
+  caplog.set_level(logging.INFO, logger="nst_jax.server")
+  app = create_app(data_dir=str(tmp_path), weights=WEIGHTS, rate_limit=0, batch_wait=0, checkpoint_every=None)
+  with TestClient(app) as client:
+    submit = lambda steps: client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": steps,
+                                                                            **SHALLOW}).json()["id"]
+    done, long = submit(3), submit(2000)
+    wait_for(_get(client, done))
+    wait_for(_get(client, long), condition=lambda j: j["step"] >= 1)
+    client.post(f"/api/jobs/{long}/cancel")
+    wait_for(_get(client, long))
+    app.state.worker.stop()
+    queued = submit(3)  # Nothing runs it: cancelled while queued.
+    client.post(f"/api/jobs/{queued}/cancel")
+  app.state.store.finish(long, "failed", "out of memory")  # As the worker marks a failed job.
+  lines = [r.getMessage() for r in caplog.records if r.name == "nst_jax.server" and r.getMessage().startswith("job")]
+  mine = lambda job_id: [line for line in lines if line.startswith(f"job {job_id} ")]
+  assert [line.split(":")[0] for line in mine(done)] == [f"job {done} {e}" for e in ("queued", "started", "done")]
+  assert "image 32x26, 3 steps" in mine(done)[0] and "s since it started" in mine(done)[2]
+  assert [line.split(":")[0].split()[-1] for line in mine(long)] == ["queued", "started", "cancelled", "failed"]
+  assert "at step" in mine(long)[2] and "/2000" in mine(long)[2] and mine(long)[3].endswith("out of memory")
+  assert mine(queued)[-1] == f"job {queued} cancelled: image 32x26, 3 steps, at step 0/3, while queued"

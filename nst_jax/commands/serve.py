@@ -31,8 +31,8 @@ flags.DEFINE_integer("max_pixels", 40_000_000, "Largest decoded image in pixels 
 flags.DEFINE_integer("rate_limit", 10, "Job submissions per client address per minute (429 above; 0 = no limit).")
 flags.DEFINE_integer("max_size", 1024, "Largest output size a job may ask for (longest side, pixels).")
 flags.DEFINE_integer("max_steps", 2000, "Most optimisation steps a job may ask for.")
-flags.DEFINE_integer("max_batch", 4, "Compatible queued jobs run together in one vmapped step (1 = one at a "
-                     "time). Batching pays on accelerators; on a CPU it mainly saves compilations.")
+flags.DEFINE_integer("max_batch", None, "Compatible queued jobs run together in one vmapped step (1 = one at a "
+                     "time). Default: 1 when JAX sees only CPUs (batching is no faster there), 4 with a GPU or TPU.")
 # Clip limits (413 above); the defaults are server.submit.DEFAULT_MAX_VIDEO_* (not imported: fastapi is optional).
 flags.DEFINE_float("max_video_seconds", 10.0, "Longest clip a video job may upload, in seconds.")
 flags.DEFINE_integer("max_video_frames", 250, "Most frames a clip may have.")
@@ -56,10 +56,11 @@ def main(argv):
                       "pip install 'nst-jax[web]'") from None
   if not 1 <= FLAGS.port <= 65535:
     raise NstJaxError(f"--port must be between 1 and 65535, got {FLAGS.port}")
-  if FLAGS.max_upload_mb <= 0 or FLAGS.max_pixels <= 0 or FLAGS.max_batch < 1:
+  if FLAGS.max_upload_mb <= 0 or FLAGS.max_pixels <= 0 or (FLAGS.max_batch is not None and FLAGS.max_batch < 1):
     raise NstJaxError("--max_upload_mb, --max_pixels and --max_batch must be positive")
   if FLAGS.max_video_seconds <= 0 or FLAGS.max_video_frames < 1 or FLAGS.max_video_pixels <= 0:
     raise NstJaxError("--max_video_seconds, --max_video_frames and --max_video_pixels must be positive")
+  log_to_stderr(FLAGS.log_level)  # Before the app exists: it logs one line per job status from the start.
   common.enable_compilation_cache(FLAGS.compilation_cache)
   weights = weights_lib.load_vgg19(FLAGS.weights)
   try:
@@ -71,14 +72,26 @@ def main(argv):
         max_video_frames=FLAGS.max_video_frames, max_video_pixels=FLAGS.max_video_pixels)
   except OSError as e:
     raise NstJaxError(f"cannot use --data_dir {FLAGS.data_dir}: {e}") from None
-  py_logging.basicConfig(level=FLAGS.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-  print(f"nst-jax serve: http://{FLAGS.host}:{FLAGS.port}/  (data in {app.state.store.data_dir}; Ctrl-C stops)",
-        flush=True)
+  print(f"nst-jax serve: http://{FLAGS.host}:{FLAGS.port}/  (data in {app.state.store.data_dir}; max_batch "
+        f"{app.state.worker.max_batch}; Ctrl-C stops)", flush=True)
   try:
     uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level=FLAGS.log_level,
                 timeout_graceful_shutdown=5)
   except OSError as e:
     raise NstJaxError(f"cannot listen on {FLAGS.host}:{FLAGS.port}: {e}") from None
+
+
+def log_to_stderr(level: str) -> None:
+  """The server's own log (`nst_jax.server`: one line per job queued, started, stopped, done, failed or
+  cancelled; worker errors) on stderr at `level`, whatever handler absl put on the root logger."""
+  server_log = py_logging.getLogger("nst_jax.server")
+  if not any(getattr(h, "nst_jax_serve", False) for h in server_log.handlers):
+    handler = py_logging.StreamHandler(sys.stderr)
+    handler.setFormatter(py_logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.nst_jax_serve = True
+    server_log.addHandler(handler)
+  server_log.setLevel(level.upper())
+  server_log.propagate = False
 
 
 def run(argv=None):

@@ -35,7 +35,7 @@ from nst_jax import __version__, cost, engine as engine_lib, inputs, optimize, s
 from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
 from nst_jax.server import submit as submit_lib
-from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, valid_job_id
+from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, progress_figures, valid_job_id
 from nst_jax.server.submit import DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_VIDEO_STEPS, Limits, SubmitError
 from nst_jax.server import worker as worker_lib
 from nst_jax.server.worker import VIDEO_RESULT, Worker
@@ -46,10 +46,12 @@ HEADER = "X-NST-Client"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 # Decoded-pixel limit for uploads (decompression bombs): 40 megapixels.
 DEFAULT_MAX_PIXELS = 40_000_000
+ACCELERATOR_MAX_BATCH = 4  # Jobs per vmapped step with a GPU or TPU (1 on a CPU: `default_max_batch`).
+# media-src: the chosen clip plays from a blob: URL before upload, the result video from this server.
 _SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
-                               "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-                               "frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                               "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -75,7 +77,8 @@ class JobView(BaseModel):
   checkpoint_step: int
   resumed_from: int
   queue_position: int | None
-  eta_seconds: float | None
+  progress: float  # The share of the whole job done, 0-1 (a clip: over all its frames and passes); only grows.
+  eta_seconds: float | None  # From the rate measured over this run (None until it is known, and when done).
   steps_per_second: float | None
   preview_version: int
   preview_url: str | None
@@ -163,6 +166,13 @@ async def _send_error(send, status: int, message: str) -> None:
   await send({"type": "http.response.body", "body": body})
 
 
+def default_max_batch() -> int:
+  """`max_batch` when none is given: 1 when JAX sees only CPUs (a vmapped batch is no faster per job there and
+  makes every job of it wait for the longest, docs/web.md), 4 with an accelerator (GPU or TPU)."""
+  import jax
+  return 1 if all(device.platform == "cpu" for device in jax.devices()) else ACCELERATOR_MAX_BATCH
+
+
 def _label(*names: str | None) -> str:
   """A display label from the uploaded file names (shown as text only; never used as a path)."""
   clean = [re.sub(r"[\x00-\x1f\x7f]", "", os.path.basename(n or "image"))[:100] for n in names]
@@ -170,7 +180,7 @@ def _label(*names: str | None) -> str:
 
 
 def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels: int = DEFAULT_MAX_PIXELS,
-               rate_limit: int = 10, max_size: int = 1024, max_steps: int = 2000, max_batch: int = 4,
+               rate_limit: int = 10, max_size: int = 1024, max_steps: int = 2000, max_batch: int | None = None,
                checkpoint_every: float | None = 30.0, preview_every: float = 2.0, batch_wait: float = 0.5,
                event_interval: float = 0.5, start_worker: bool = True,
                max_video_seconds: float = submit_lib.DEFAULT_MAX_VIDEO_SECONDS,
@@ -185,12 +195,14 @@ def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels:
     max_pixels: decoded-pixel limit per uploaded image (413 above it).
     rate_limit: job submissions per client address per minute (429 above it; 0 = unlimited).
     max_size, max_steps: the largest output size (longest side, px) and step count a job may ask for.
-    max_batch: how many compatible jobs run together in one vmapped step (1 = no batching).
+    max_batch: how many compatible jobs run together in one vmapped step (1 = no batching; None:
+      `default_max_batch()`).
     checkpoint_every, preview_every: seconds between checkpoints / preview images of running jobs.
     max_video_seconds, max_video_frames, max_video_pixels: what a clip may hold (413 above): its length,
       frames and decoded pixels per frame (the upload limit applies to its file too).
   """
   store = JobStore(data_dir)
+  max_batch = default_max_batch() if max_batch is None else max_batch
   worker = Worker(store, weights, max_batch=max_batch, checkpoint_every=checkpoint_every,
                   preview_every=preview_every, batch_wait=batch_wait)
 
@@ -480,21 +492,14 @@ def _owned(store: JobStore, request: Request, job_id: str) -> dict:
 
 def _view(store: JobStore, job: dict) -> dict:
   base = f"/api/jobs/{job['id']}"
-  eta = None
-  if job["status"] == "running" and job["steps_per_second"]:
-    steps_left = job["steps"] - job["step"]
-    if job["kind"] == "video":  # The running batch of frames, then the frames after it (about as many steps).
-      batch = max(job["batch_size"], 1)
-      batches_left = max(0, job["frames"] - job["frame"] - batch) / batch
-      steps_left += batches_left * job["steps"]
-    eta = max(0.0, steps_left / job["steps_per_second"])
+  progress, eta = progress_figures(job)
   has_style2 = os.path.exists(store.path(job["id"], "style2.png"))
   return JobView(
       id=job["id"], status=job["status"], kind=job["kind"], label=job["label"], created=job["created"],
       started=job["started"], finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
       height=job["height"], options=job["options"], error=job["error"], batch_size=job["batch_size"],
       checkpoint_step=job["checkpoint_step"], resumed_from=job["resumed_from"],
-      queue_position=store.queue_position(job), eta_seconds=eta,
+      queue_position=store.queue_position(job), progress=progress, eta_seconds=eta,
       steps_per_second=job["steps_per_second"], preview_version=job["preview_version"],
       preview_url=f"{base}/preview?v={job['preview_version']}" if job["preview_version"] else None,
       result_url=f"{base}/result" if job["status"] == "done" else None,

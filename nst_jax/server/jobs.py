@@ -12,14 +12,18 @@ instead of a photo `frames/frame_00001.png`... (the decoded clip; `content.png` 
 per-frame checkpoints and finished frames; removed when done or cancelled) and `result.mp4`. Job ids come
 from `secrets.token_urlsafe`, never from user input.
 
-Progress: `step` / `steps` count the steps of the running job (for a video: of the frame, or the batch of
-frames, being stylised); `frame` / `frames` count a video's finished frames over all passes.
+Progress: `step` / `steps` count the steps of the running job (for a video: of the frame being stylised);
+`frame` / `frames` count a video's finished frames over all passes; `progress` is the share of the whole job
+done (a video: finished frames plus the running frames' shares of their steps, over all passes), and
+`progress_figures` turns it into the page's bar and ETA. Every change of status is logged as one line
+(`log_line`) on the `nst_jax.server` logger.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -31,6 +35,7 @@ import time
 ACTIVE = ("queued", "running")
 TERMINAL = ("done", "failed", "cancelled")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+log = logging.getLogger("nst_jax.server")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -56,7 +61,11 @@ CREATE TABLE IF NOT EXISTS jobs (
   kind TEXT NOT NULL DEFAULT 'image',
   frames INTEGER NOT NULL DEFAULT 0,
   frame INTEGER NOT NULL DEFAULT 0,
-  temporal_error REAL
+  temporal_error REAL,
+  progress REAL NOT NULL DEFAULT 0,
+  progress_at REAL,
+  rate_since REAL,
+  rate_progress0 REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
@@ -71,7 +80,9 @@ CREATE TABLE IF NOT EXISTS losses (
 
 # Columns added after the first release, with their declarations (added to older databases on open).
 _ADDED_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'image'", "frames": "INTEGER NOT NULL DEFAULT 0",
-                  "frame": "INTEGER NOT NULL DEFAULT 0", "temporal_error": "REAL"}
+                  "frame": "INTEGER NOT NULL DEFAULT 0", "temporal_error": "REAL",
+                  "progress": "REAL NOT NULL DEFAULT 0", "progress_at": "REAL", "rate_since": "REAL",
+                  "rate_progress0": "REAL"}
 
 
 def new_job_id() -> str:
@@ -142,7 +153,9 @@ class JobStore:
       db.execute("INSERT INTO jobs (id, owner, status, options, label, height, width, steps, created, kind, frames) "
                  "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                  (job_id, owner, json.dumps(options), label, height, width, steps, time.time(), kind, frames))
-    return self.get(job_id)
+    job = self.get(job_id)
+    log_line(job, "queued")
+    return job
 
   def get(self, job_id: str) -> dict | None:
     with self._db() as db:
@@ -180,44 +193,68 @@ class JobStore:
     with self._db() as db:
       for job_id in job_ids:
         cur = db.execute("UPDATE jobs SET status = 'running', batch_size = ?, started = COALESCE(started, ?), "
-                         "resumed_from = checkpoint_step WHERE id = ? AND status = 'queued'",
-                         (batch_size, now, job_id))
+                         "resumed_from = checkpoint_step, progress_at = NULL, rate_since = NULL, "
+                         "rate_progress0 = NULL WHERE id = ? AND status = 'queued'", (batch_size, now, job_id))
         if cur.rowcount:
           claimed.append(job_id)
+    for job_id in claimed:
+      job = self.get(job_id)
+      waited = now - job["created"] if job["resumed_from"] == 0 else None
+      log_line(job, "started", f"batch of {batch_size}" + (f", {waited:.1f} s in the queue" if waited is not None
+                                                            else f", resumed at step {job['resumed_from']}"))
     return claimed
 
   def set_started(self, job_id: str, step: int, resumed_from: int) -> None:
     """What the engine found when it started the job: its step and the checkpoint step it resumed from
     (0 = from scratch, e.g. when no checkpoint was saved before a crash)."""
     with self._db() as db:
-      db.execute("UPDATE jobs SET step = ?, resumed_from = ?, checkpoint_step = ? WHERE id = ?",
-                 (int(step), int(resumed_from), int(resumed_from), job_id))
+      db.execute("UPDATE jobs SET step = ?, resumed_from = ?, checkpoint_step = ?, "
+                 "progress = MIN(1.0, CAST(? AS REAL) / MAX(steps, 1)) WHERE id = ? AND kind = 'image'",
+                 (int(step), int(resumed_from), int(resumed_from), int(step), job_id))
 
   def requeue_running(self) -> int:
     """After a restart: running jobs go back to the queue (they continue from their checkpoint)."""
     with self._db() as db:
-      return db.execute("UPDATE jobs SET status = 'queued', step = checkpoint_step WHERE status = 'running'"
-                        ).rowcount
+      ids = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE status = 'running'")]
+      for job_id in ids:
+        db.execute("UPDATE jobs SET status = 'queued', step = checkpoint_step WHERE id = ? AND status = 'running'",
+                   (job_id,))
+    for job_id in ids:
+      job = self.get(job_id)
+      log_line(job, "queued again", f"the server restarted; continues from step {job['checkpoint_step']}")
+    return len(ids)
 
   def requeue(self, job_id: str) -> None:
+    """A stopped job goes back to the queue (it continues from its checkpoint)."""
     with self._db() as db:
-      db.execute("UPDATE jobs SET status = 'queued', step = checkpoint_step WHERE id = ? AND status = 'running'",
-                 (job_id,))
+      cur = db.execute("UPDATE jobs SET status = 'queued', step = checkpoint_step WHERE id = ? AND status = 'running'",
+                       (job_id,))
+    if cur.rowcount:
+      job = self.get(job_id)
+      log_line(job, "stopped", f"back in the queue; continues from step {job['checkpoint_step']}")
 
   def update_progress(self, job_id: str, step: int, steps_per_second: float | None = None,
-                      new_preview: bool = False) -> None:
+                      new_preview: bool = False, *, progress: float | None = None) -> None:
+    """After a step: the step, the engine's step rate and a new preview. `progress` is the share of the job
+    done (default: step / steps); the first update of a run (after its first, compiled, step) is where the
+    ETA's rate is measured from."""
+    now = time.time()
     with self._db() as db:
       db.execute("UPDATE jobs SET step = ?, steps_per_second = COALESCE(?, steps_per_second), "
-                 "preview_version = preview_version + ? WHERE id = ?",
-                 (int(step), steps_per_second, int(new_preview), job_id))
+                 "preview_version = preview_version + ?, progress = COALESCE(?, MIN(1.0, CAST(? AS REAL) / "
+                 "MAX(steps, 1))), progress_at = ? WHERE id = ?",
+                 (int(step), steps_per_second, int(new_preview), progress, int(step), now, job_id))
+      db.execute("UPDATE jobs SET rate_since = progress_at, rate_progress0 = progress WHERE id = ? AND "
+                 "rate_since IS NULL AND status = 'running'", (job_id,))
 
-  def set_frame_progress(self, job_id: str, frame: int, *, steps: int | None = None,
-                         batch_size: int | None = None) -> None:
-    """A video's finished frames (over all passes) and, when a new batch of frames starts, its steps."""
+  def set_frame_progress(self, job_id: str, frame: int, progress: float, *, step: int | None = None,
+                         steps: int | None = None, batch_size: int | None = None) -> None:
+    """A video's bookkeeping between steps: its finished frames (over all passes), the share of the job
+    done, and when a frame starts its step, steps and the number of frames the engine runs."""
     with self._db() as db:
-      db.execute("UPDATE jobs SET frame = ?, steps = COALESCE(?, steps), step = CASE WHEN ? IS NULL THEN step "
-                 "ELSE 0 END, batch_size = COALESCE(?, batch_size) WHERE id = ?",
-                 (int(frame), steps, steps, batch_size, job_id))
+      db.execute("UPDATE jobs SET frame = ?, progress = ?, progress_at = ?, step = COALESCE(?, step), "
+                 "steps = COALESCE(?, steps), batch_size = COALESCE(?, batch_size) WHERE id = ?",
+                 (int(frame), float(progress), time.time(), step, steps, batch_size, job_id))
 
   def set_temporal_error(self, job_id: str, value: float | None) -> None:
     with self._db() as db:
@@ -243,8 +280,12 @@ class JobStore:
     with self._db() as db:
       db.execute("UPDATE jobs SET status = ?, error = ?, finished = ?, "
                  "step = CASE WHEN ? = 'done' THEN steps ELSE step END, "
+                 "progress = CASE WHEN ? = 'done' THEN 1.0 ELSE progress END, "
                  "frame = CASE WHEN ? = 'done' THEN frames ELSE frame END WHERE id = ?",
-                 (status, error, time.time(), status, status, job_id))
+                 (status, error, time.time(), status, status, status, job_id))
+    job = self.get(job_id)
+    if job is not None:
+      log_line(job, status, error or "")
 
   def cancel_if_queued(self, job_id: str) -> bool:
     """Cancels a queued job (and removes the checkpoints a stopped run left); False if it was not queued."""
@@ -253,6 +294,7 @@ class JobStore:
                        (time.time(), job_id))
     if cur.rowcount:
       self.remove_checkpoints(job_id)
+      log_line(self.get(job_id), "cancelled", "while queued")
     return bool(cur.rowcount)
 
   def delete(self, job_id: str) -> None:
@@ -261,6 +303,40 @@ class JobStore:
       db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
       db.execute("DELETE FROM losses WHERE job_id = ?", (job_id,))
     shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+
+def describe(job: dict) -> str:
+  """What a job is, in a few words: 'image 32x26, 12 steps' or 'video 32x26, 4 frames x 100 steps'."""
+  work = f"{job['frames']} frames x {job['steps']} steps" if job["kind"] == "video" else f"{job['steps']} steps"
+  return f"{job['kind']} {job['width']}x{job['height']}, {work}"
+
+
+def log_line(job: dict, event: str, detail: str = "") -> None:
+  """One line per change of a job's status on the server's log: id, what, size, steps, where it stopped,
+  seconds since it first started, and the reason or detail."""
+  parts = [describe(job)]
+  if event in ("done", "failed", "cancelled", "stopped") and job["step"] < job["steps"]:
+    parts.append(f"at step {job['step']}/{job['steps']}" + (f" of frame {job['frame'] + 1}/{job['frames']}"
+                                                             if job["kind"] == "video" else ""))
+  if event in ("done", "failed", "cancelled", "stopped") and job["started"] is not None:
+    parts.append(f"{time.time() - job['started']:.1f} s since it started")
+  log.info("job %s %s: %s", job["id"], event, ", ".join(parts + ([detail] if detail else [])))
+
+
+def progress_figures(job: dict) -> tuple[float, float | None]:
+  """`(progress, eta_seconds)` of a job: the share done (0-1) and the seconds left at the rate measured over
+  this run (wall clock from its first step to its latest progress, so a clip's flow, saving and the pauses
+  between frames count; the first compile does not). Both move smoothly over a whole clip: the share only
+  grows, and the ETA is None (unknown) rather than 0 while work is left."""
+  if job["status"] == "done":
+    return 1.0, None
+  progress = min(1.0, max(0.0, float(job["progress"] or 0.0)))
+  if job["status"] != "running" or job["rate_since"] is None or job["progress_at"] is None:
+    return progress, None
+  moved, seconds = progress - job["rate_progress0"], job["progress_at"] - job["rate_since"]
+  if moved <= 0 or seconds <= 0:
+    return progress, None
+  return progress, (1.0 - progress) * seconds / moved
 
 
 def _row(row) -> dict | None:

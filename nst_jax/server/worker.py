@@ -318,28 +318,46 @@ def _write_preview(store: JobStore, job_id: str, run, image: np.ndarray) -> None
 
 
 class _VideoHooks:
-  """Engine hooks and the progress callback of one video job: frames done, the running frame's steps and
-  rate, a preview of the frame being stylised; stops on a cancel or a server stop."""
+  """Engine hooks and the progress callback of one video job: frames done, the share of the whole clip done
+  (finished frames plus the running frames' shares of their steps, so it only grows, also between frames and
+  across the engine's batches), the shown frame's steps and rate, a preview of it; stops on a cancel or a
+  server stop."""
 
   def __init__(self, worker: Worker, job_id: str):
     self.worker, self.store, self.job_id = worker, worker.store, job_id
-    self.done = 0
-    self.batch: list[str] = []  # Names of the frame jobs started since the last finished batch.
+    self.done, self.total = 0, max(1, int(self.store.get(job_id)["frames"]))
+    self.steps: dict[str, tuple[int, int]] = {}  # The frame jobs of the running engine call -> (step, steps).
+    self.ended: set[str] = set()  # Those of them that are finished.
     self.last_preview = time.monotonic()
+
+  def _progress(self) -> tuple[int, float]:
+    """(finished frames, share of the clip done), counting the frames that ended in this engine call."""
+    shares = sum(1.0 if name in self.ended else step / max(steps, 1) for name, (step, steps) in self.steps.items())
+    return self.done + len(self.ended), min(1.0, (self.done + shares) / self.total)
+
+  def _shown(self) -> str | None:
+    """The frame job whose steps are shown: the first of this engine call that has not ended."""
+    return next((name for name in self.steps if name not in self.ended), None)
+
+  def _report(self, step_of: str | None = None, **kwargs) -> None:
+    step, steps = self.steps[step_of] if step_of else (None, None)
+    self.store.set_frame_progress(self.job_id, *self._progress(), step=step, steps=steps, **kwargs)
 
   def progress(self, info: dict) -> None:
     """`run_video`'s callback after each batch of frames: done of total frames (over all passes)."""
-    self.done = int(info["done"])
-    self.batch = []
-    self.store.set_frame_progress(self.job_id, self.done)
+    self.done, self.total = int(info["done"]), max(1, int(info["total"]))
+    self.steps, self.ended = {}, set()
+    self._report()
 
   def on_job_start(self, run) -> None:
-    self.batch.append(run.job.name)
-    self.store.set_frame_progress(self.job_id, self.done, steps=run.total_steps, batch_size=len(self.batch))
+    self.steps[run.job.name] = (run.step, run.total_steps)
+    self._report(run.job.name if self._shown() == run.job.name else None, batch_size=len(self.steps))
 
   def on_step(self, event) -> None:
-    if not self.batch or event.run.job.name != self.batch[0]:
-      return  # One report per batch step: the frames of a multipass batch step together.
+    name = event.run.job.name
+    self.steps[name] = (event.step, event.run.total_steps)
+    if name != self._shown():
+      return  # The frames of a batch step together: one report per batch step.
     now = time.monotonic()
     preview = now - self.last_preview >= self.worker.preview_every
     if preview:
@@ -347,7 +365,11 @@ class _VideoHooks:
       self.last_preview = now
     if preview or event.metrics is not None:
       rate = event.metrics["steps_per_second"] if event.metrics is not None else None
-      self.store.update_progress(self.job_id, event.step, rate, new_preview=preview)
+      self.store.update_progress(self.job_id, event.step, rate, new_preview=preview, progress=self._progress()[1])
+
+  def on_job_end(self, run) -> None:
+    self.ended.add(run.job.name)
+    self._report(self._shown())  # The next frame of this engine call, if any, is shown from its own step.
 
   def should_stop(self, run) -> bool:
     return self.worker._stop.is_set() or self.job_id in self.worker._cancel

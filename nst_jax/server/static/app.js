@@ -323,14 +323,11 @@ function updateJob(job) {
   $("loss-canvas").parentElement.hidden = clip;  // A clip's losses restart with every frame: not drawn.
   $("job-step").textContent = (clip ? "frames " + job.frame + " / " + job.frames + " \u00b7 this frame: " : "") +
     "step " + job.step + " / " + job.steps;
-  $("job-eta").textContent = job.eta_seconds !== null ? "about " + formatSeconds(job.eta_seconds) + " left" : "";
+  $("job-eta").textContent = job.eta_seconds !== null ? "about " + formatSeconds(job.eta_seconds) + " left" :
+    (job.status === "running" ? "measuring the speed..." : "");
   $("job-queue").textContent = job.queue_position ? "position in queue: " + job.queue_position : "";
-  if (clip) {  // Finished frames plus the running batch of frames (all frames of a multipass pass at once).
-    const running = job.status === "running" && job.steps ? Math.max(job.batch_size, 1) * job.step / job.steps : 0;
-    $("job-progress").value = job.frames ? Math.min(1, (job.frame + running) / job.frames) : 0;
-  } else {
-    $("job-progress").value = job.steps ? job.step / job.steps : 0;
-  }
+  // The server's share of the whole job (a clip: its finished frames plus the running frames' steps).
+  $("job-progress").value = job.progress;
   const preview = $("preview-img");
   if (job.preview_url && preview.dataset.src !== job.preview_url) {
     preview.dataset.src = job.preview_url;

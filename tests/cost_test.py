@@ -228,3 +228,37 @@ def test_server_estimate_endpoint_and_tile_preview(tmp_path, random_weights):
     assert job["status"] == "done", job
     mosaic = client.get(f"/api/jobs/{job['id']}/tile_preview")
     assert mosaic.status_code == 200 and Image.open(io.BytesIO(mosaic.content)).size == (64, 52)
+
+
+def test_every_command_path_prints_the_estimate_first(tmp_path):
+  """--workdir, batch and video each print the one-line estimate before their first step (the plain command:
+  test_command_refuses_dry_runs_and_forces), and a finished run records its step time in the cache."""
+  from stylize_cli_test import nst_jax
+  for i, image in enumerate((make_image(32, 40), make_style(32, 32), make_image(32, 40, seed=2))):
+    Image.fromarray(image_io.to_uint8(image)).save(tmp_path / f"{i}.png")
+  (tmp_path / "clip").mkdir()
+  for i in (0, 2):
+    Image.fromarray(image_io.to_uint8(make_image(32, 40, seed=i))).save(tmp_path / "clip" / f"frame_{i + 1}.png")
+  (tmp_path / "home").mkdir()
+  small = ["--weights", "random", "--max_size", 32, "--content_layers", "relu2_1", "--style_layers",
+           "relu1_1,relu2_1", "--noprogress", "--log_every", 2]
+  (tmp_path / "pairs.csv").write_text(f"content,style,output\n{tmp_path / '0.png'},{tmp_path / '1.png'},"
+                                      f"{tmp_path / 'b.png'}\n")
+  runs = {
+      "workdir": ["--content", tmp_path / "0.png", "--style", tmp_path / "1.png", "--workdir", tmp_path / "run",
+                  "--steps", 6],
+      "batch": ["batch", "--manifest", tmp_path / "pairs.csv", "--steps", 2],
+      "video": ["video", "--input", tmp_path / "clip", "--style", tmp_path / "1.png", "--output",
+                tmp_path / "v.mp4", "--steps", 2],
+  }
+  for path, args in runs.items():
+    result = nst_jax(*args, *small, home=tmp_path / "home")
+    assert result.returncode == 0, (path, result.stderr)
+    lines = result.stderr.splitlines()
+    estimate = [i for i, line in enumerate(lines) if line.startswith("estimate: ")]
+    assert estimate and "about" in lines[estimate[0]] and "s/step, from " in lines[estimate[0]], (path, lines)
+    if path == "video":
+      assert "2 frames x 2 steps at 32x26" in lines[estimate[0]], lines
+  # The --workdir run (6 steps, logging every 2) left this machine's step time for the next estimate.
+  (records,) = cost.read_cache(str(tmp_path / "home" / cost.CACHE_FILE)).values()
+  assert records and records[0]["step_seconds"] > 0

@@ -147,11 +147,11 @@ def main(argv):
   config = config_from_flags()
   if FLAGS.workdir and not FLAGS.dry_run:
     return main_workdir(config)
-  print_machine_note(config)
   if FLAGS.dry_run:
     return dry_run(config)
   image_io.check_writable(FLAGS.output, overwrite=FLAGS.overwrite)
   job, weights = load_job_and_weights(config, name=FLAGS.output)
+  print_machine_note(config)
   eng = engine.Engine(weights)
   cost.preflight(eng, [job], force=FLAGS.force, log=lambda line: print(line, file=sys.stderr))
   progress = hooks.ProgressBar(disable=not FLAGS.progress)
@@ -172,6 +172,7 @@ def main(argv):
 def dry_run(config) -> None:
   """--dry_run: the job's cost on stdout, compiled and timed (`nst_jax.cost.measure`); nothing is written."""
   job, weights = load_job_and_weights(config, name="")
+  print_machine_note(config)
   (estimate,) = cost.preflight(engine.Engine(weights), [job], force=True, log=print, timed=True)
   if not estimate.fits:
     fit = estimate.max_size()
@@ -207,12 +208,12 @@ def main_workdir(config):
   recorded = None if FLAGS.overwrite else _recorded_machine_defaults(FLAGS.workdir)
   if recorded is not None:
     config = config_from_flags(machine=recorded)
-  else:
-    print_machine_note(config)
   output = os.path.abspath(FLAGS.output) if FLAGS.output else None
   if output:
     image_io.check_writable(output, overwrite=FLAGS.overwrite or output == _recorded_output(FLAGS.workdir))
   job, weights = load_job_and_weights(config, name=FLAGS.workdir)
+  if recorded is None:
+    print_machine_note(config)
   described = {"content": os.path.abspath(FLAGS.content), "styles": [os.path.abspath(p) for p in FLAGS.style],
                "output": output, "weights_flag": FLAGS.weights}
   for name in ("style_region", "style_region_source"):

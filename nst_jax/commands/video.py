@@ -75,7 +75,6 @@ def main(argv):
   if FLAGS.checkpoint_every < 0 or (FLAGS.max_batch or 1) < 1:
     raise NstJaxError("--checkpoint_every must be >= 0 and --max_batch >= 1")
   config = stylize.settings.resolve(stylize.settings_from_flags(), num_styles=len(FLAGS.style), scope="video")
-  stylize.print_machine_note(config)
   output = os.path.abspath(FLAGS.output)
   video_io.check_writable(output, overwrite=FLAGS.overwrite)
   if FLAGS.frames_out and os.path.isdir(FLAGS.frames_out) and os.listdir(FLAGS.frames_out) and not FLAGS.overwrite:
@@ -88,6 +87,7 @@ def main(argv):
   passes = len(video.pass_plan(config))
   print(f"{len(frames)} frames {shape[1]}x{shape[0]} at {clip.fps:g} fps, {config.video_mode}"
         + (f" ({passes} passes)" if passes > 1 else "") + f", {config.steps} steps per frame", file=sys.stderr)
+  stylize.print_machine_note(config)
   print(cost.video_estimate(config, frames[0].shape[:2], len(frames), max_batch=FLAGS.max_batch)[1], file=sys.stderr)
   bar = _FrameBar(disable=not FLAGS.progress)
   with hooks.StopOnSignals() as stopper:

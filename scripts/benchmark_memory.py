@@ -163,7 +163,8 @@ def calibrate(sizes: list[int]) -> None:
                       "seconds_per_gflop": round(per_gflop, 5), "step_overhead": round(overhead, 4),
                       "stage_seconds": round(probes[1].compile_seconds, 1),
                       "memory_factor": round(rest / nets[1].activation_bytes, 2),
-                      "steps_s": [round(p.step_seconds, 3) for p in probes], "gflops": [round(n.gflops, 2) for n in nets],
+                      "steps_s": [round(p.step_seconds, 3) for p in probes],
+                      "gflops": [round(n.gflops, 2) for n in nets],
                       "load": round(__import__("os").getloadavg()[0], 1)}), flush=True)
 
 

@@ -99,8 +99,8 @@ def test_a_run_records_its_step_time_and_the_next_estimate_uses_it(random_weight
   engine.Engine(random_weights).run([job], hooks=[cost.StepTimes(path)])
   entries = cost.read_cache(path)
   (records,) = entries.values()
-  assert len(records) == 1 and records[0]["gflops"] == pytest.approx(cost.network((32, 32), SHALLOW["style_layers"]
-                                                                                  + SHALLOW["content_layers"]).gflops, rel=1e-3)
+  layers = SHALLOW["style_layers"] + SHALLOW["content_layers"]
+  assert len(records) == 1 and records[0]["gflops"] == pytest.approx(cost.network((32, 32), layers).gflops, rel=1e-3)
   after = cost.estimate(config, (32, 32), free_bytes=2 ** 40, entries=entries)
   assert after.source.startswith("this machine's run at ")
   assert after.step_seconds == pytest.approx(records[0]["step_seconds"], rel=1e-3)  # (records are rounded)

@@ -128,7 +128,8 @@ def test_defaults_are_sized_to_the_machine(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   note = settings.machine_note({}, settings.resolve({}))
   assert note.startswith("no accelerator: max_size 256, steps 100") and "--max_size 512 --steps 500" in note
-  assert settings.machine_note({"steps": 5}, settings.resolve({"steps": 5})).startswith("no accelerator: max_size 256 (")
+  note = settings.machine_note({"steps": 5}, settings.resolve({"steps": 5}))
+  assert note.startswith("no accelerator: max_size 256 (")
   assert settings.machine_note({"max_size": 64, "steps": 5}, settings.resolve({"max_size": 64, "steps": 5})) is None
   # A recorded run's values (a --workdir resume), or the full look, instead of this machine's.
   assert settings.resolve({}, machine={"max_size": 512, "steps": 500}).max_size == 512

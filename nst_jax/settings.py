@@ -51,10 +51,21 @@ def _lr_help() -> str:
       f"{k} {v:g}" for k, v in optimize.DEFAULT_LR.items()) + ")"
 
 
+# Defaults sized to the machine (`machine_defaults`): without an accelerator the full look (512 px x 500 Adam
+# steps) takes over an hour on 2 CPU cores, so a CPU run defaults to a picture that finishes in about a minute
+# there (README's quick start). Settings given explicitly, and presets that set them, win.
+MACHINE_DEFAULTS: dict[str, dict[str, int]] = {"cpu": {"max_size": 256, "steps": 100}}
+
+
+def _machine_help(name: str) -> str:
+  return f"; {MACHINE_DEFAULTS['cpu'][name]} without an accelerator (a CPU)"
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("max_size", "int", f"output size: longest side in pixels ({image_io.MIN_SIZE}-{image_io.MAX_SIZE}); "
-            "the photo is resized to it"),
-    Setting("steps", "int", "optimisation steps at the output size (each coarser scale runs scale_steps)"),
+            "the photo is resized to it" + _machine_help("max_size")),
+    Setting("steps", "int", "optimisation steps at the output size (each coarser scale runs scale_steps)"
+            + _machine_help("steps")),
     Setting("optimizer", "str", "optax optimizer", optimize.OPTIMIZERS),
     Setting("lr", "float", _lr_help()),
     Setting("adam_b1", "float", "Adam's first-moment decay"),
@@ -201,9 +212,39 @@ def _scales(value: Any) -> dict:
   return {"scale_start": start, "scale_factor": factor, "scale_steps": steps}
 
 
+def machine_defaults(backend: str | None = None) -> dict[str, int]:
+  """The defaults of this machine that differ from `configs/default.py`: `MACHINE_DEFAULTS[backend]` (the
+  default JAX backend when None; initialises it), e.g. `{"max_size": 256, "steps": 100}` on a CPU, `{}` on
+  a GPU or TPU."""
+  if backend is None:
+    import jax
+    backend = jax.default_backend()
+  return dict(MACHINE_DEFAULTS.get(backend, {}))
+
+
+def machine_note(values: Mapping[str, Any] | None, config: ml_collections.ConfigDict) -> str | None:
+  """A `note:` for the front ends when the machine's defaults sized the run (None when they did not)."""
+  given = {k for k, v in dict(values or {}).items() if not _empty(v)}
+  preset = presets.get_preset(str(dict(values or {})["preset"]).strip()) if "preset" in given else {}
+  full = default.get_config()
+  given |= {"steps"} if "epochs" in given else set()
+  sized = [name for name in ("max_size", "steps") if name not in given and name not in preset
+           and config[name] != full[name]]
+  if not sized:
+    return None
+  now = ", ".join(f"{name} {config[name]}" for name in sized)
+  look = " ".join(f"--{name} {full[name]}" for name in sized)
+  return (f"no accelerator: {now} (defaults sized to finish in about a minute on a CPU; {look} for the full "
+          f"look, the default on a GPU)")
+
+
 def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None = None,
-            base: ml_collections.ConfigDict | None = None, scope: str = "image") -> ml_collections.ConfigDict:
+            base: ml_collections.ConfigDict | None = None, scope: str = "image",
+            machine: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
   """The validated config of a run: defaults (or `base`), then the preset, then the given settings.
+
+  The defaults are `configs/default.py`'s with this machine's (`machine_defaults`: a CPU gets a smaller size
+  and fewer steps) on top, unless `base` is given.
 
   Args:
     values: setting name -> value (typed or text), plus the `SHORTHANDS` (preset, scales, epochs,
@@ -211,6 +252,8 @@ def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None =
     num_styles: the number of style images, to check `style_blend_weights` against (None: not checked).
     base: the config to start from (e.g. a batch's defaults); `default.get_config()` when None.
     scope: "image" (a picture: video-only settings are refused) or "video" (`nst-jax video`).
+    machine: the machine's defaults to use instead of `machine_defaults()` (e.g. `{}`: the full look, or the
+      values a `--workdir` run recorded, so that its resume resolves the same way on any machine).
 
   Raises:
     NstJaxError: an unknown name, a value of the wrong type, or an invalid combination, naming it.
@@ -238,6 +281,8 @@ def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None =
       raise NstJaxError("give either steps or epochs x steps_per_epoch, not both")
     explicit["steps"] = epochs * per_epoch
   config = ml_collections.ConfigDict((base or default.get_config()).to_dict())
+  if base is None:
+    config.update(machine_defaults() if machine is None else dict(machine))
   if "preset" in given:
     presets.apply_preset(config, str(given["preset"]).strip(), keep=tuple(explicit))
   look = presets.current_look(config)

@@ -3,6 +3,7 @@
     python scripts/benchmark_memory.py --sizes 512,1024,2048 [--optimizer lbfgs] [--remat auto|on|off]
     python scripts/benchmark_memory.py --sizes 512,1024,2048 --recipe quality   # the quality preset's step
     python scripts/benchmark_memory.py --sizes 256,512,1024 --optimizer adam --estimate --run_steps 20
+    python scripts/benchmark_memory.py --calibrate --sizes 128,256   # the rows of nst_jax.cost.RATES
 
 Each child loads a square content and style image of the size, builds the targets, compiles and runs one
 step, and reports `ru_maxrss` (peak resident memory, compilation included) and its wall time. The step is the
@@ -15,7 +16,13 @@ peak RSS growth of the step alone (its inputs already allocated, compilation exc
 XLA's figure for what a step allocates beyond its inputs (`cost.Probe.working_bytes`), and the estimated
 peak (inputs included) is printed next to it. `--run_steps N` then runs `cost.estimate` (which compiles at
 the output size and at half of it and times a few steps) and a real engine run of N steps in a fresh
-engine, and compares the estimated run time with the measured one.
+engine, and compares the estimated run time with the measured one: both the analytic estimate every run
+prints (`cost.estimate`, no compile) and the compiled and timed one of `--dry_run` (`cost.measure`).
+
+`--calibrate` measures the rows of `nst_jax.cost.RATES` on this machine, for each optimizer family: the step
+compiled and timed (`cost.probe`, `--timed_steps` steps) at the first two `--sizes`, the time per step fitted
+as `overhead + seconds_per_gflop * GFLOPs` through the two points, the compile time, and the memory factor
+(XLA's peak at the larger size minus twice the weights and the optimizer state, per byte of activations).
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ flags.DEFINE_string("weights", "random", "VGG19 weights (memory does not depend 
 flags.DEFINE_boolean("estimate", False, "Compare nst_jax.cost's XLA memory figures with the step's RSS growth.")
 flags.DEFINE_integer("run_steps", 0, "With --estimate: also compare the estimated and measured time of a run of "
                      "N steps (0 = skip).")
+flags.DEFINE_boolean("calibrate", False, "Measure the rows of nst_jax.cost.RATES (see the module docstring).")
+flags.DEFINE_integer("timed_steps", 5, "With --calibrate: steps timed per size.")
 flags.DEFINE_integer("child", 0, "Internal: run one measurement at this size.")
 
 
@@ -82,15 +91,20 @@ def child_estimate(size: int) -> None:
             "working_vs_growth": round(probe.working_bytes / max(growth, 1), 3),
             "xla_peak_mib": round(probe.peak_bytes / 2 ** 20, 1)}
   if FLAGS.run_steps:
-    fresh = engine.Engine(weights)
-    estimate = cost.estimate(fresh, job, free_bytes=2 ** 50)
+    begin = time.perf_counter()
+    quick = cost.estimate(config, (size, size), free_bytes=2 ** 50, entries={})  # The built-in table alone.
+    quick_seconds = time.perf_counter() - begin
+    estimate = cost.measure(engine.Engine(weights), job, free_bytes=2 ** 50)
     fresh = engine.Engine(weights)  # The measured run compiles afresh, as the estimate assumes.
     jax.clear_caches()
     begin = time.perf_counter()
     fresh.run([job])
     measured = time.perf_counter() - begin
-    record.update({"steps": FLAGS.run_steps, "est_step_s": round(estimate.step_seconds, 3),
-                   "est_run_s": round(estimate.run_seconds, 1), "run_s": round(measured, 1),
+    record.update({"steps": FLAGS.run_steps, "analytic_s": round(quick_seconds, 4),
+                   "analytic_peak_mib": round(quick.peak_bytes / 2 ** 20, 1),
+                   "analytic_step_s": round(quick.step_seconds, 3), "analytic_run_s": round(quick.run_seconds, 1),
+                   "est_step_s": round(estimate.step_seconds, 3), "est_run_s": round(estimate.run_seconds, 1),
+                   "run_s": round(measured, 1), "analytic_vs_run": round(quick.run_seconds / measured, 3),
                    "est_vs_run": round(estimate.run_seconds / measured, 3)})
   record["load"] = round(__import__("os").getloadavg()[0], 1)
   print(json.dumps(record))
@@ -126,8 +140,38 @@ def child(size: int) -> None:
                     "peak_rss_gib": round(peak_gib, 3), "seconds": round(seconds, 1), "loss": float(loss[0])}))
 
 
+def calibrate(sizes: list[int]) -> None:
+  """Prints a `cost.RATES` row per optimizer family of this machine (see the module docstring)."""
+  import jax
+  import numpy as np
+  from skimage import data
+  from nst_jax import cost, engine, image_io, settings, weights as weights_lib
+  weights = weights_lib.load_vgg19(FLAGS.weights)
+  small, large = sizes[:2]
+  content = image_io.resize(data.chelsea().astype(np.float32) / 255.0, (large, large))
+  style = image_io.resize(data.coffee().astype(np.float32) / 255.0, (large, large))
+  for optimizer in ("adam", "lbfgs"):
+    config = settings.resolve({"max_size": large, "steps": 10, "optimizer": optimizer})
+    job = engine.Job(content, [style], config)
+    eng = engine.Engine(weights)
+    probes = [cost.probe(eng, job, (s, s), remat=False, timed_steps=FLAGS.timed_steps) for s in (small, large)]
+    nets = [cost.network(p.shape, cost._loss_layers(config)) for p in probes]
+    per_gflop = (probes[1].step_seconds - probes[0].step_seconds) / (nets[1].gflops - nets[0].gflops)
+    overhead = max(probes[0].step_seconds - per_gflop * nets[0].gflops, 0.0)
+    rest = probes[1].peak_bytes - 2 * nets[1].weight_bytes - cost.state_bytes(config, probes[1].pixels)
+    print(json.dumps({"platform": jax.default_backend(), "family": cost.family(optimizer),
+                      "seconds_per_gflop": round(per_gflop, 5), "step_overhead": round(overhead, 4),
+                      "stage_seconds": round(probes[1].compile_seconds, 1),
+                      "memory_factor": round(rest / nets[1].activation_bytes, 2),
+                      "steps_s": [round(p.step_seconds, 3) for p in probes],
+                      "gflops": [round(n.gflops, 2) for n in nets],
+                      "load": round(__import__("os").getloadavg()[0], 1)}), flush=True)
+
+
 def main(argv):
   del argv
+  if FLAGS.calibrate:
+    return calibrate([int(s) for s in FLAGS.sizes])
   if FLAGS.child:
     return child_estimate(FLAGS.child) if FLAGS.estimate else child(FLAGS.child)
   for size in FLAGS.sizes:

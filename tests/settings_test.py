@@ -107,3 +107,32 @@ def test_stylize_flags_are_the_settings(tmp_path):
   assert config.to_dict() == settings.resolve({
       "preset": "painterly", "style_layers": "relu1_1,relu2_1", "preserve_colors": "histogram",
       "style_blend_weights": "3,1"}, num_styles=2).to_dict()
+
+
+def test_defaults_are_sized_to_the_machine(monkeypatch):
+  """Without an accelerator a run defaults to 256 px x 100 steps (about a minute on 2 CPU cores); on a GPU or
+  TPU to configs/default.py's full look. Given settings and presets that set them win; `machine` overrides."""
+  import jax
+  full = default.get_config()
+  for backend, expected in (("cpu", (256, 100)), ("gpu", (full.max_size, full.steps)),
+                            ("tpu", (full.max_size, full.steps))):
+    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+    config = settings.resolve({})
+    assert (config.max_size, config.steps) == expected, backend
+    assert settings.resolve({"max_size": 300}).max_size == 300
+    assert settings.resolve({"preset": "report"}).steps == 10000  # The preset's own budget.
+    assert settings.resolve({"preset": "quality"}).max_size == expected[0]
+    assert settings.resolve({"epochs": 2, "steps_per_epoch": 5}).steps == 10
+    note = settings.machine_note({}, config)
+    assert (note is not None) == (backend == "cpu")
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  note = settings.machine_note({}, settings.resolve({}))
+  assert note.startswith("no accelerator: max_size 256, steps 100") and "--max_size 512 --steps 500" in note
+  note = settings.machine_note({"steps": 5}, settings.resolve({"steps": 5}))
+  assert note.startswith("no accelerator: max_size 256 (")
+  assert settings.machine_note({"max_size": 64, "steps": 5}, settings.resolve({"max_size": 64, "steps": 5})) is None
+  # A recorded run's values (a --workdir resume), or the full look, instead of this machine's.
+  assert settings.resolve({}, machine={"max_size": 512, "steps": 500}).max_size == 512
+  assert settings.resolve({}, machine={}).steps == full.steps
+  assert settings.resolve({}, base=full).max_size == full.max_size  # A given base is used as it is.
+  assert "256 without an accelerator" in settings.markdown_table()

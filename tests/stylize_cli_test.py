@@ -188,3 +188,16 @@ def test_blend_of_paintings_of_other_shapes_and_notes(files):
   assert "note: scale_start 256 is not below the output's longest side 100: one scale" in result.stderr
   with Image.open(output) as image:
     assert image.size == (100, 75)
+
+
+def test_workdir_resume_keeps_the_recorded_machine_sized_defaults(files):
+  """A --workdir run records its resolved size and steps (config.json); the same command without --max_size or
+  --steps resumes with those, not with this machine's defaults (which would be another run)."""
+  common = ["--content", files / "content.png", "--style", files / "style.png", "--workdir", files / "run",
+            "--weights", "random", "--content_layers", "relu2_1", "--style_layers", "relu1_1", "--noprogress"]
+  first = nst_jax(*common, "--max_size", 40, "--steps", 3, home=files / "home")
+  assert first.returncode == 0, first.stderr
+  assert "note: no accelerator" not in first.stderr and "estimate: " in first.stderr
+  again = nst_jax(*common, home=files / "home")  # The defaults would be 256 px x 100 steps on this CPU.
+  assert again.returncode == 0, again.stderr
+  assert "40x30, 3 steps" in again.stdout and "note: no accelerator" not in again.stderr

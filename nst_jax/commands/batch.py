@@ -75,7 +75,7 @@ def _check_flags() -> dict:
   if FLAGS.checkpoint_every < 0 or FLAGS.keep_checkpoints < 1:
     raise NstJaxError("--checkpoint_every must be >= 0 and --keep_checkpoints >= 1")
   flag_settings = stylize.settings_from_flags()
-  settings.resolve(flag_settings)
+  settings.resolve(flag_settings, machine={})  # Validation only: the backend starts after init_distributed.
   return flag_settings
 
 
@@ -98,7 +98,7 @@ def _run(rows: list[manifest.Row], writer: bool) -> list[int]:
   buckets = len({runner.job_bucket_key(row.job) for row in todo})
   print(f"{len(todo)} picture(s) in {buckets} bucket(s) on {runner.num_devices} device(s)")
   jobs = list({id(row.job): row.job for row in todo}.values())
-  estimates = cost.preflight(runner, jobs, force=FLAGS.force or FLAGS.dry_run,
+  estimates = cost.preflight(runner, jobs, force=FLAGS.force or FLAGS.dry_run, timed=FLAGS.dry_run,
                              log=lambda line: print(line, file=sys.stdout if FLAGS.dry_run else sys.stderr))
   if FLAGS.dry_run:
     print(f"dry run: {sum(e.fits for e in estimates)} of {len(estimates)} batch shape(s) fit the free memory")
@@ -107,7 +107,7 @@ def _run(rows: list[manifest.Row], writer: bool) -> list[int]:
   progress = hooks.ProgressBar(desc="batch", disable=not FLAGS.progress or not writer)
   start = time.perf_counter()
   with hooks.StopOnSignals() as stop, hooks.closing_all(progress):
-    manifest.run_rows(rows, runner, folder=folder, hooks=[progress, stop], write=writer,
+    manifest.run_rows(rows, runner, folder=folder, hooks=[progress, stop, cost.StepTimes()], write=writer,
                       log=lambda line: print(line, file=sys.stderr))
   done = sum(row.result is not None and row.result.status == "done" and row.error is None for row in todo)
   print(f"{done} picture(s) in {time.perf_counter() - start:.1f} s")
@@ -125,6 +125,9 @@ def main(argv):
   flag_settings = _check_flags()
   batch.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   writer = jax.process_index() == 0
+  note = settings.machine_note(flag_settings, settings.resolve(flag_settings))
+  if note and writer:
+    print(f"note: {note} (rows that leave these cells empty)", file=sys.stderr)
   rows = manifest.load_rows(FLAGS.manifest, flag_settings, overwrite=FLAGS.overwrite)
   _report_rows(rows)
   print(f"{sum(row.job is not None for row in rows)} picture(s) to make, {sum(row.skipped for row in rows)} "

@@ -55,9 +55,11 @@ flags.DEFINE_integer("snapshot_every", run_lib.DEFAULT_SNAPSHOT_EVERY,
 flags.DEFINE_string("weights", None, "VGG19 weights: a Keras .h5, torchvision .pth or nst-jax .npz file, or "
                     "'random' (offline smoke runs, not artistic). Default: cached Keras weights, downloaded "
                     "once into $NST_JAX_HOME or ~/.cache/nst_jax.")
-flags.DEFINE_boolean("dry_run", False, "Print the cost of the job as configured (the compiled step's peak "
-                     "memory from XLA, the largest max_size that fits the free memory, the time per step and for "
-                     "the run, from a few timed steps) and exit without writing anything (docs/tiles-and-cost.md).")
+flags.DEFINE_boolean("dry_run", False, "Measure the cost of the job as configured and exit without writing "
+                     "anything: compiles the step at the output size and at half of it (XLA's peak memory, the "
+                     "largest max_size that fits the free memory) and times a few steps (the time per step and "
+                     "for the run); takes about 10 s at 128 px to 1-2 min at 512 px on 2 CPU cores. Every run "
+                     "prints a quick estimate without it (docs/tiles-and-cost.md).")
 flags.DEFINE_boolean("force", False, "Run even when the estimated peak memory exceeds the free memory.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 flags.DEFINE_boolean("compilation_cache", True, "Keep compiled programs in the cache dir between runs.")
@@ -95,9 +97,18 @@ def settings_from_flags() -> dict:
           if name in FLAGS and FLAGS[name].present}
 
 
-def config_from_flags():
-  """`settings.resolve` of the command line (blend weights checked against the --style count, if any)."""
-  return settings.resolve(settings_from_flags(), num_styles=len(FLAGS.style) if FLAGS.style else None)
+def config_from_flags(machine: dict | None = None):
+  """`settings.resolve` of the command line (blend weights checked against the --style count, if any);
+  `machine`: the machine-sized defaults to use instead of this machine's (a resumed --workdir run's)."""
+  return settings.resolve(settings_from_flags(), num_styles=len(FLAGS.style) if FLAGS.style else None,
+                          machine=machine)
+
+
+def print_machine_note(config) -> None:
+  """`note: no accelerator: max_size 256, steps 100 (...)` on stderr when this machine's defaults sized the run."""
+  note = settings.machine_note(settings_from_flags(), config)
+  if note:
+    print(f"note: {note}", file=sys.stderr)
 
 
 def metrics_path(output: str) -> str:
@@ -134,19 +145,20 @@ def main(argv):
     if not FLAGS[name].value and not (name == "output" and (FLAGS.workdir or FLAGS.dry_run)):
       raise NstJaxError(f"--{name} is required (see --help)")
   config = config_from_flags()
+  if FLAGS.workdir and not FLAGS.dry_run:
+    return main_workdir(config)
   if FLAGS.dry_run:
     return dry_run(config)
-  if FLAGS.workdir:
-    return main_workdir(config)
   image_io.check_writable(FLAGS.output, overwrite=FLAGS.overwrite)
   job, weights = load_job_and_weights(config, name=FLAGS.output)
+  print_machine_note(config)
   eng = engine.Engine(weights)
   cost.preflight(eng, [job], force=FLAGS.force, log=lambda line: print(line, file=sys.stderr))
   progress = hooks.ProgressBar(disable=not FLAGS.progress)
   log = hooks.MetricsLog(lambda run: metrics_path(FLAGS.output))
   start = time.perf_counter()
   with hooks.closing_all(progress, log):
-    (result,) = eng.run([job], hooks=[log, progress])
+    (result,) = eng.run([job], hooks=[log, progress, cost.StepTimes()])
   image_io.save_image(FLAGS.output, result.image)
   tiles.write_preview(FLAGS.output, result.image, int(config.tile_preview))
   if len(result.stages) > 1:
@@ -158,9 +170,10 @@ def main(argv):
 
 
 def dry_run(config) -> None:
-  """--dry_run: the job's cost (`nst_jax.cost`) on stdout; nothing is written."""
+  """--dry_run: the job's cost on stdout, compiled and timed (`nst_jax.cost.measure`); nothing is written."""
   job, weights = load_job_and_weights(config, name="")
-  (estimate,) = cost.preflight(engine.Engine(weights), [job], force=True, log=print)
+  print_machine_note(config)
+  (estimate,) = cost.preflight(engine.Engine(weights), [job], force=True, log=print, timed=True)
   if not estimate.fits:
     fit = estimate.max_size()
     print(f"dry run: does not fit the free memory; {f'--max_size {fit} would' if fit else 'no size would'}")
@@ -177,14 +190,30 @@ def _recorded_output(workdir: str) -> str | None:
   return os.path.abspath(output) if output else None
 
 
+def _recorded_machine_defaults(workdir: str) -> dict | None:
+  """The machine-sized settings (`settings.MACHINE_DEFAULTS`) the run already in `workdir` used, if any: a
+  resume resolves them the same way, on this machine or another."""
+  path = os.path.join(workdir, rundir.CONFIG)
+  if not os.path.exists(path):
+    return None
+  recorded = rundir.read_json(path).get("config", {})
+  names = {name for sized in settings.MACHINE_DEFAULTS.values() for name in sized}
+  return {name: recorded[name] for name in names if name in recorded} or None
+
+
 def main_workdir(config):
   """The resumable run in --workdir (nst_jax.run.run_in_workdir): every setting applies."""
   if FLAGS.checkpoint_every < 0 or FLAGS.snapshot_every < 0 or FLAGS.keep_checkpoints < 1:
     raise NstJaxError("--checkpoint_every and --snapshot_every must be >= 0 and --keep_checkpoints >= 1")
+  recorded = None if FLAGS.overwrite else _recorded_machine_defaults(FLAGS.workdir)
+  if recorded is not None:
+    config = config_from_flags(machine=recorded)
   output = os.path.abspath(FLAGS.output) if FLAGS.output else None
   if output:
     image_io.check_writable(output, overwrite=FLAGS.overwrite or output == _recorded_output(FLAGS.workdir))
   job, weights = load_job_and_weights(config, name=FLAGS.workdir)
+  if recorded is None:
+    print_machine_note(config)
   described = {"content": os.path.abspath(FLAGS.content), "styles": [os.path.abspath(p) for p in FLAGS.style],
                "output": output, "weights_flag": FLAGS.weights}
   for name in ("style_region", "style_region_source"):
@@ -197,7 +226,7 @@ def main_workdir(config):
       image = run_lib.run_in_workdir(
           job, FLAGS.workdir, weights, inputs=described, checkpoint_every=FLAGS.checkpoint_every,
           keep_checkpoints=FLAGS.keep_checkpoints, snapshot_every=FLAGS.snapshot_every,
-          overwrite=FLAGS.overwrite, async_save=FLAGS.async_checkpoints, hooks=[progress],
+          overwrite=FLAGS.overwrite, async_save=FLAGS.async_checkpoints, hooks=[progress, cost.StepTimes()],
           log=lambda line: print(line, file=sys.stderr), estimate_cost=True, force=FLAGS.force)
   except run_lib.RunInterrupted as e:
     print(str(e), file=sys.stderr)

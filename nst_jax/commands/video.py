@@ -21,7 +21,7 @@ import sys
 
 from absl import flags
 
-from nst_jax import hooks, inputs, video
+from nst_jax import cost, hooks, inputs, video
 from nst_jax.commands import common, stylize  # Stylize defines the setting flags: one vocabulary.
 from nst_jax.errors import NstJaxError
 
@@ -87,11 +87,13 @@ def main(argv):
   passes = len(video.pass_plan(config))
   print(f"{len(frames)} frames {shape[1]}x{shape[0]} at {clip.fps:g} fps, {config.video_mode}"
         + (f" ({passes} passes)" if passes > 1 else "") + f", {config.steps} steps per frame", file=sys.stderr)
+  stylize.print_machine_note(config)
+  print(cost.video_estimate(config, frames[0].shape[:2], len(frames), max_batch=FLAGS.max_batch)[1], file=sys.stderr)
   bar = _FrameBar(disable=not FLAGS.progress)
   with hooks.StopOnSignals() as stopper:
     try:
       result = video.run_video(frames, styles, config, weights=weights, workdir=FLAGS.workdir,
-                               hooks=[stopper], progress=bar.update, max_batch=FLAGS.max_batch,
+                               hooks=[stopper, cost.StepTimes()], progress=bar.update, max_batch=FLAGS.max_batch,
                                checkpoint_every=FLAGS.checkpoint_every)
     finally:
       bar.close()

@@ -307,9 +307,9 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
   estimator = _Estimator(worker)
 
   @app.post("/api/estimate", summary="The cost of a job before it is queued (nothing is stored)",
-            description="The same multipart form as `POST /api/jobs`. Returns the compiled step's peak memory "
-                        "(XLA's memory analysis), the free memory, the largest max_size that fits, and the "
-                        "time per step and for the run from a few timed steps (docs/tiles-and-cost.md).")
+            description="The same multipart form as `POST /api/jobs`. Returns the step's estimated peak memory, "
+                        "the free memory, the largest max_size that fits, and the time per step and for the run "
+                        "(analytic, or this machine's recorded step times; no compile; docs/tiles-and-cost.md).")
   async def estimate(request: Request):
     try:
       job = await _estimate_job(request, limits)
@@ -324,16 +324,13 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
 
 
 class _Estimator:
-  """`cost.estimate` for the page, one at a time, on an engine of its own (the worker's runs jobs)."""
+  """`cost.estimate` for the page: analytic (no compile, no step), so it never competes with the worker."""
 
   def __init__(self, worker: Worker):
-    self.worker, self.engine, self.lock = worker, None, threading.Lock()
+    self.worker = worker
 
   def estimate(self, job) -> dict:
-    with self.lock:
-      if self.engine is None:
-        self.engine = engine_lib.Engine(self.worker.engine.raw_weights)
-      return cost.estimate(self.engine, job).as_dict()
+    return cost.estimate(job.config, job.content.shape[:2]).as_dict()
 
 
 async def _read_form(request: Request) -> tuple[dict, dict]:

@@ -482,14 +482,17 @@ def estimate(config: ml_collections.ConfigDict, shape: Sequence[int], *, name: s
 def video_estimate(config: ml_collections.ConfigDict, shape: Sequence[int], frames: int, *,
                    max_batch: int | None = None) -> tuple[float, str]:
   """`(seconds, line)` for `nst-jax video`: frames x steps per frame x s/step from `estimate` (multipass:
-  each pass steps batches of up to `max_batch` frames together), plus each frame's start."""
+  each pass steps batches of up to `max_batch` frames together), plus one compile and each frame's start."""
   from nst_jax import video
   plan = video.pass_plan(config)
   per_pass = 1 if config.video_mode == "sequential" else min(frames, max_batch or frames)
   found = estimate(config, shape, batch=per_pass, free_bytes=2 ** 62)
   batches = -(-frames // per_pass)
   steps = sum(s for _, s in plan)
-  seconds = len(plan) * batches * found.stage_seconds_each + batches * steps * found.step_seconds
+  # One compile for the clip (every frame has the same shape); each frame's start (targets, flow) is about
+  # two steps' worth.
+  starts = len(plan) * batches
+  seconds = found.stage_seconds_each + 2 * starts * found.step_seconds + batches * steps * found.step_seconds
   passes = f" in {len(plan)} passes of {per_pass}-frame batches" if len(plan) > 1 else ""
   line = (f"estimate: about {duration(seconds)} ({frames} frames x {steps} steps at {found.shape[1]}x"
           f"{found.shape[0]}{passes}, ~{found.step_seconds:.2g} s/step, from {found.source})")

@@ -66,10 +66,10 @@ class Rate(NamedTuple):
 # default layers, jax 0.10.2). On the 2 shared AVX2 cores it ran on, under load 7-9, it gave 0.061 s/GFLOP for
 # Adam and 0.068 for L-BFGS (3x the idle machine), so the rows use the idle Adam figures of PERF_NOTES.md
 # (0.25-0.40, 0.86-1.21, 3.30-4.19 s per step at 128, 256, 512 px: 0.020 s/GFLOP), L-BFGS 1.1x that as
-# measured, and the memory factors measured (XLA's analysis at 256 px; Adam checked at 512 and 1024 px
-# against docs/tiles-and-cost.md: XLA 253, 706 and 2525 MiB at 256, 512, 1024 px; the formula 250, 705, 2525). Accelerators: no
-# machine was measured; the row is a guess from an H100/H200's float32 throughput, and the first finished
-# run on such a machine replaces it (the per-machine cache).
+# measured, and the memory factors measured (XLA's analysis at 256 px; Adam checked against the XLA peaks of
+# docs/tiles-and-cost.md, 253, 706 and 2525 MiB at 256, 512, 1024 px: the formula gives 250, 705, 2525).
+# Accelerators: no machine was measured; the row is a guess from an H100/H200's float32 throughput, and the
+# first finished run on such a machine replaces it (the per-machine cache).
 RATES: dict[tuple[str, str], Rate] = {
     ("cpu", "first_order"): Rate(0.020, 0.01, 3.0, 2.05, True),
     ("cpu", "lbfgs"): Rate(0.022, 0.05, 8.0, 2.39, True),

@@ -62,10 +62,14 @@ class Rate(NamedTuple):
   measured: bool  # False: a guess (no machine of that kind was measured); a run on it replaces it.
 
 
-# Measured with `python scripts/benchmark_memory.py --calibrate` (random weights, default layers; time from
-# 128 and 256 px, 2 shared AVX2 cores, jax 0.10.2; memory from XLA's analysis at 256 px). Accelerators: no
-# machine was measured; the row is a guess from the H100/H200 float32 throughput, and the first finished run
-# on such a machine replaces it (the per-machine cache).
+# CPU rows: `python scripts/benchmark_memory.py --calibrate --sizes 128,256` prints them (random weights,
+# default layers, jax 0.10.2). On the 2 shared AVX2 cores it ran on, under load 7-9, it gave 0.061 s/GFLOP for
+# Adam and 0.068 for L-BFGS (3x the idle machine), so the rows use the idle Adam figures of PERF_NOTES.md
+# (0.25-0.40, 0.86-1.21, 3.30-4.19 s per step at 128, 256, 512 px: 0.020 s/GFLOP), L-BFGS 1.1x that as
+# measured, and the memory factors measured (XLA's analysis at 256 px; Adam checked against the XLA peaks of
+# docs/tiles-and-cost.md, 253, 706 and 2525 MiB at 256, 512, 1024 px: the formula gives 250, 705, 2525).
+# Accelerators: no machine was measured; the row is a guess from an H100/H200's float32 throughput, and the
+# first finished run on such a machine replaces it (the per-machine cache).
 RATES: dict[tuple[str, str], Rate] = {
     ("cpu", "first_order"): Rate(0.020, 0.01, 3.0, 2.05, True),
     ("cpu", "lbfgs"): Rate(0.022, 0.05, 8.0, 2.39, True),
@@ -133,6 +137,7 @@ def analytic_peak(config: ml_collections.ConfigDict, shape: Sequence[int], batch
 
 
 def cache_path() -> str:
+  """`step_times.json` in the cache dir (`$NST_JAX_HOME` or `~/.cache/nst_jax`)."""
   from nst_jax import weights as weights_lib
   return os.path.join(weights_lib.cache_dir(), CACHE_FILE)
 
@@ -211,6 +216,7 @@ def timing(optimizer: str, gflops: float, *, entries: dict | None = None) -> Tim
 
 
 def rate_for(optimizer: str) -> Rate:
+  """`RATES`' row for this machine's platform and `optimizer`'s family (an unknown platform: the GPU guess)."""
   return RATES.get((platform(), family(optimizer)), RATES[("gpu", family(optimizer))])
 
 
@@ -482,14 +488,17 @@ def estimate(config: ml_collections.ConfigDict, shape: Sequence[int], *, name: s
 def video_estimate(config: ml_collections.ConfigDict, shape: Sequence[int], frames: int, *,
                    max_batch: int | None = None) -> tuple[float, str]:
   """`(seconds, line)` for `nst-jax video`: frames x steps per frame x s/step from `estimate` (multipass:
-  each pass steps batches of up to `max_batch` frames together), plus each frame's start."""
+  each pass steps batches of up to `max_batch` frames together), plus one compile and each frame's start."""
   from nst_jax import video
   plan = video.pass_plan(config)
   per_pass = 1 if config.video_mode == "sequential" else min(frames, max_batch or frames)
   found = estimate(config, shape, batch=per_pass, free_bytes=2 ** 62)
   batches = -(-frames // per_pass)
   steps = sum(s for _, s in plan)
-  seconds = len(plan) * batches * found.stage_seconds_each + batches * steps * found.step_seconds
+  # One compile for the clip (every frame has the same shape); each frame's start (targets, flow) is about
+  # two steps' worth.
+  starts = len(plan) * batches
+  seconds = found.stage_seconds_each + 2 * starts * found.step_seconds + batches * steps * found.step_seconds
   passes = f" in {len(plan)} passes of {per_pass}-frame batches" if len(plan) > 1 else ""
   line = (f"estimate: about {duration(seconds)} ({frames} frames x {steps} steps at {found.shape[1]}x"
           f"{found.shape[0]}{passes}, ~{found.step_seconds:.2g} s/step, from {found.source})")

@@ -14,10 +14,10 @@ rematerialisation follows the config's `remat_above_pixels` (default 0: off), as
 resets the kernel's peak-RSS mark (`/proc/self/clear_refs`) and runs one step, so `step_rss_growth` is the
 peak RSS growth of the step alone (its inputs already allocated, compilation excluded); it is compared with
 XLA's figure for what a step allocates beyond its inputs (`cost.Probe.working_bytes`), and the estimated
-peak (inputs included) is printed next to it. `--run_steps N` then runs `cost.estimate` (which compiles at
-the output size and at half of it and times a few steps) and a real engine run of N steps in a fresh
-engine, and compares the estimated run time with the measured one: both the analytic estimate every run
-prints (`cost.estimate`, no compile) and the compiled and timed one of `--dry_run` (`cost.measure`).
+peak (inputs included) is printed next to it. `--run_steps N` then compares the estimated run time with a
+real engine run of N steps in a fresh engine: both the analytic estimate every run prints (`cost.estimate`
+from the built-in table, no compile) and the compiled and timed one of `--dry_run` (`cost.measure`, which
+compiles at the output size and at half of it and times a few steps).
 
 `--calibrate` measures the rows of `nst_jax.cost.RATES` on this machine, for each optimizer family: the step
 compiled and timed (`cost.probe`, `--timed_steps` steps) at the first two `--sizes`, the time per step fitted

@@ -4,7 +4,7 @@
     python scripts/benchmark_server.py --weights random --max_size 32 --steps 5 --jobs 4   # quick check
 
 1. Latency: seconds from `POST /api/jobs` to the result being downloadable, for one job at --max_size with
-   the default preset (--steps defaults to the web app's default step count).
+   the default preset (--steps 300, the web app's default step count when these figures were measured).
    Form fields are settings by name (docs/settings.md): --max_size is the API's `max_size`.
 2. Throughput: --jobs compatible jobs submitted at once, run one at a time (max_batch 1) vs batched into
    one vmapped step (max_batch = --jobs); jobs per hour from first submit to last result, with the number
@@ -31,7 +31,7 @@ from nst_jax.server import app as app_lib
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "VGG19 weights (default: cached Keras weights; 'random' for a smoke run).")
 flags.DEFINE_integer("max_size", 256, "Output size (longest side, px): the API's max_size field.")
-flags.DEFINE_integer("steps", app_lib.DEFAULT_STEPS, "Steps per job.")
+flags.DEFINE_integer("steps", 300, "Steps per job.")
 flags.DEFINE_integer("jobs", 8, "Queued jobs for the throughput part.")
 flags.DEFINE_boolean("mixed_steps", True, "Job i asks for --steps x 1, 1.5, 2 in turn (else all --steps).")
 flags.DEFINE_boolean("compilation_cache", False, "Use the persistent XLA compilation cache.")

@@ -262,3 +262,15 @@ def test_every_command_path_prints_the_estimate_first(tmp_path):
   # The --workdir run (6 steps, logging every 2) left this machine's step time for the next estimate.
   (records,) = cost.read_cache(str(tmp_path / "home" / cost.CACHE_FILE)).values()
   assert records and records[0]["step_seconds"] > 0
+
+
+def test_video_estimate_counts_frames_steps_and_passes():
+  """`nst-jax video`'s line: frames x steps per frame x the step of `estimate` (multipass: batches of frames)."""
+  sequential = settings.resolve({"max_size": 64, "steps": 20}, scope="video")
+  seconds, line = cost.video_estimate(sequential, (48, 64), 10)
+  step = cost.estimate(sequential, (48, 64), free_bytes=2 ** 40).step_seconds
+  assert seconds > 10 * 20 * step and "(10 frames x 20 steps at 64x48, ~" in line and "passes" not in line
+  multipass = settings.resolve({"max_size": 64, "steps": 20, "video_mode": "multipass", "passes": 4}, scope="video")
+  seconds_mp, line = cost.video_estimate(multipass, (48, 64), 10, max_batch=5)
+  batch_step = cost.estimate(multipass, (48, 64), batch=5, free_bytes=2 ** 40).step_seconds
+  assert 2 * 20 * batch_step < seconds_mp < 2 * 20 * batch_step + 20 and "in 4 passes of 5-frame batches" in line

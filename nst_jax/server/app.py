@@ -36,7 +36,7 @@ from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
 from nst_jax.server import submit as submit_lib
 from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, progress_figures, valid_job_id
-from nst_jax.server.submit import DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_VIDEO_STEPS, Limits, SubmitError
+from nst_jax.server.submit import DEFAULT_VIDEO_STEPS, Limits, SubmitError, page_defaults
 from nst_jax.server import worker as worker_lib
 from nst_jax.server.worker import VIDEO_RESULT, Worker
 
@@ -261,10 +261,11 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
   def get_config():
     # A preset whose own step count is over this server's limit (the report's 10,000 steps) is no page card.
     fits = lambda name: presets.get_preset(name).get("steps", 0) <= limits.max_steps
+    size, steps = page_defaults(limits)
     return {"presets": {name: {"description": presets.PRESET_DESCRIPTIONS.get(name, ""), **presets.get_preset(name)}
                         for name in presets.ALL_PRESETS if fits(name)},
-            "default_preset": presets.DEFAULT_PRESET, "default_size": min(DEFAULT_SIZE, limits.max_size),
-            "default_steps": min(DEFAULT_STEPS, limits.max_steps), "max_size": limits.max_size,
+            "default_preset": presets.DEFAULT_PRESET, "default_size": size,
+            "default_steps": steps, "max_size": limits.max_size,
             "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),
             "max_upload_mb": max_upload_mb, "max_pixels": limits.max_pixels, "settings": list(settings.NAMES),
             "preserve_colors": list(settings.BY_NAME["preserve_colors"].choices), "keep_colors": True,

@@ -37,8 +37,6 @@ SOURCE_FIELDS = ("style_region_source", "style2_region_source")
 FILE_FIELDS = IMAGE_FIELDS + ("video",) + REGION_FIELDS + SOURCE_FIELDS
 OPTIONAL_FILES = ("style2",) + REGION_FIELDS + SOURCE_FIELDS
 SETTING_FIELDS = settings.NAMES + tuple(settings.SHORTHANDS)
-DEFAULT_SIZE = 256
-DEFAULT_STEPS = 300
 DEFAULT_VIDEO_STEPS = 100  # Per frame (a clip's later frames start from the warped previous result).
 # Clip limits of the web server (`create_app` arguments; docs/web.md): a short clip, not a film.
 DEFAULT_MAX_VIDEO_SECONDS = 10.0
@@ -97,6 +95,13 @@ def split_form(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, 
   return files, fields
 
 
+def page_defaults(limits: Limits) -> tuple[int, int]:
+  """`(max_size, steps)` of a picture job that gives neither: this machine's defaults (`settings.resolve`: 256
+  px x 100 steps without an accelerator, 512 x 500 with one, as in every other path), within the limits."""
+  config = settings.resolve({})
+  return min(int(config.max_size), limits.max_size), min(int(config.steps), limits.max_steps)
+
+
 def parse_options(fields: dict[str, str], limits: Limits, num_styles: int, kind: str = "image"
                   ) -> tuple[dict, object]:
   """Form fields -> `(options, config)`: the given settings (empty ones dropped) plus the server defaults.
@@ -106,12 +111,12 @@ def parse_options(fields: dict[str, str], limits: Limits, num_styles: int, kind:
     raise SubmitError(422, f"unknown field(s) {', '.join(unknown)}: the fields are settings by name "
                            f"(docs/settings.md) and the files content (or video), style, style2")
   options = {k: v.strip() for k, v in fields.items() if v.strip() != ""}
-  options.setdefault("max_size", str(min(DEFAULT_SIZE, limits.max_size)))
+  size, steps = page_defaults(limits)
+  options.setdefault("max_size", str(size))
   try:
     preset = presets.get_preset(options.get("preset", presets.DEFAULT_PRESET))
     if "steps" not in options and "steps" not in preset and "epochs" not in options:
-      default = DEFAULT_VIDEO_STEPS if kind == "video" else DEFAULT_STEPS
-      options["steps"] = str(min(default, limits.max_steps))
+      options["steps"] = str(min(DEFAULT_VIDEO_STEPS, limits.max_steps) if kind == "video" else steps)
     config = job_config(options, num_styles, kind)
   except NstJaxError as e:
     raise SubmitError(422, str(e)) from None

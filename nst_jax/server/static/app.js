@@ -209,7 +209,7 @@ async function estimateJob() {
     return;
   }
   $("estimate").disabled = true;
-  $("estimate-text").textContent = "Compiling and timing a few steps...";
+  $("estimate-text").textContent = "Estimating...";
   try {
     const cost = await api("/api/estimate", { method: "POST", body: await formData() });
     $("estimate-text").textContent = cost.lines.join("\n") +

@@ -164,6 +164,38 @@ def test_existing_output_is_not_overwritten(files, keras_h5):
   assert os.listdir(files / "out") == ["x.png"]
 
 
+_VIDEO_FLAGS_SCRIPT = """
+import contextlib, io, sys
+from nst_jax import settings
+from nst_jax.commands import common, stylize
+for name in settings.VIDEO_ONLY:
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+    common._parse_flags(["nst-jax", "--content=a.png", f"--{name}=1"])
+  print(name, "|", err.getvalue().strip().replace("\\n", " / "))
+"""
+
+
+def test_a_video_setting_on_the_picture_command_says_it_is_one(files):
+  """--temporal_weight (and every video-only setting) names `nst-jax video`, never a look-alike (tv_weight)."""
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([sys.executable, "-c", _VIDEO_FLAGS_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=str(files))
+  assert result.returncode == 0, result.stderr
+  lines = dict(line.split(" | ", 1) for line in result.stdout.strip().splitlines())
+  assert sorted(lines) == sorted(["temporal_weight", "video_mode", "temporal_frames", "passes", "flow_method"])
+  for name, message in lines.items():
+    assert message == f"error: --{name} is a setting of `nst-jax video`, not of a picture (docs/video.md)"
+
+
+def test_the_web_extra_installs_what_the_browser_test_needs():
+  import configparser
+  config = configparser.ConfigParser()
+  config.read(os.path.join(REPO, "setup.cfg"))
+  web = config["options.extras_require"]["web"].split()
+  assert any(line.startswith("playwright") for line in web)
+
+
 def test_help_names_every_command(files):
   for args in (("help",), ("--help",)):
     result = nst_jax(*args, home=files / "home")

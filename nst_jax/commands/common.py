@@ -57,6 +57,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad flag is one `error: ...` line and exit 2 (absl prints two lines, FATAL)."""
   try:
     return flags.FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    from nst_jax import settings
+    if e.flagname not in settings.VIDEO_ONLY:
+      print(f"error: {e} (see --help)", file=sys.stderr)
+    else:
+      print(f"error: {settings.video_only_error(e.flagname, flag=True)}", file=sys.stderr)
+    sys.exit(2)
   except flags.Error as e:
     print(f"error: {e} (see --help)", file=sys.stderr)
     sys.exit(2)

@@ -11,8 +11,9 @@ Running it again with the same directory and settings continues from the latest 
 the same image as an uninterrupted run (the saved state holds everything a step reads). Only
 `rundir.MUTABLE_SETTINGS` (`steps`, `log_every`, `tile_preview`) may change between runs, so raising `steps`
 extends a finished run; any other difference raises `NstJaxError` unless `overwrite=True`, which discards the old
-run's files. SIGINT/SIGTERM set a flag; the run loop stops after the current step, saves a checkpoint and
-raises `RunInterrupted` (the command exits 130/143).
+run's files. SIGINT, SIGTERM, SIGHUP and a broken pipe (stdout or stderr lost its reader) set a flag
+(`hooks.StopOnSignals`); the run loop stops after the current step, saves a checkpoint and raises
+`RunInterrupted` (the command exits 128 + the signal's number: 130, 143, 129; 141 for a broken pipe).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import time
 from typing import Callable, Iterable
 
@@ -39,16 +39,16 @@ DEFAULT_SNAPSHOT_EVERY = 500
 
 
 class RunInterrupted(Exception):
-  """The run stopped on a signal after saving a checkpoint at `step`."""
+  """The run stopped on a signal (SIGPIPE: a broken pipe) after saving a checkpoint at `step`."""
 
   def __init__(self, signum: int, step: int, workdir: str):
     self.signum, self.step, self.workdir = signum, step, workdir
-    super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved in "
+    super().__init__(f"interrupted by {hooks_lib.stop_cause(signum)} at step {step}; checkpoint saved in "
                      f"{workdir} (run the same command again to resume)")
 
   @property
   def exit_code(self) -> int:
-    return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them.
+    return 128 + self.signum  # 130 SIGINT, 143 SIGTERM, 129 SIGHUP, 141 SIGPIPE, as a shell reports them.
 
 
 def _learning_rate(config: ml_collections.ConfigDict, event) -> float:
@@ -96,7 +96,8 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
     checkpoint_every, keep_checkpoints, snapshot_every: checkpoint and snapshot intervals in steps (0 =
       never, except the checkpoints at stage ends and the final checkpoint and snapshot, always written).
     overwrite: discard an incompatible run already in `workdir` instead of raising.
-    handle_signals: on SIGINT/SIGTERM save a checkpoint and raise `RunInterrupted` (main thread only).
+    handle_signals: on SIGINT, SIGTERM, SIGHUP or a broken stdout/stderr pipe save a checkpoint and raise
+      `RunInterrupted` (signal handlers only in the main thread).
     async_save: let the run continue while a checkpoint is written. Off (the default), the loop waits
       until each checkpoint is committed, so a `kill -9` loses at most `checkpoint_every` steps; on, it
       can lose the steps run during one write as well (cheaper when steps are very fast, e.g. on a GPU).
@@ -148,7 +149,7 @@ def run_in_workdir(job: engine.Job, workdir: str, weights: vgg.VGGWeights, *, in
                                  extra=lambda run, event: {"lr": _learning_rate(run.config, event)})
   snapshots = hooks_lib.Snapshots(lambda run: run_dir.snapshots, snapshot_every)
   stop = hooks_lib.StopOnSignals() if handle_signals else contextlib.nullcontext(None)
-  with stop as stopper, hooks_lib.closing_all(metrics):
+  with stop as stopper:
     run_hooks = [notices, metrics, snapshots, *hooks] + ([stopper] if stopper is not None else [])
     (result,) = eng.run([job], hooks=run_hooks)
   if result.status == "stopped":

@@ -147,6 +147,12 @@ def _unknown(name: str) -> NstJaxError:
   return NstJaxError(f"unknown setting {name!r}{hint}")
 
 
+def video_only_error(name: str, *, flag: bool = False) -> NstJaxError:
+  """The error for a video setting (`VIDEO_ONLY`) given to a picture: by name, or as the flag `--NAME`."""
+  shown = f"--{name}" if flag else name
+  return NstJaxError(f"{shown} is a setting of `nst-jax video`, not of a picture (docs/video.md)")
+
+
 def _split(value: Any) -> list:
   if isinstance(value, str):
     return [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
@@ -263,7 +269,7 @@ def resolve(values: Mapping[str, Any] | None = None, *, num_styles: int | None =
     if name not in BY_NAME and name not in SHORTHANDS:
       raise _unknown(name)
     if name in BY_NAME and BY_NAME[name].scope == "video" and scope != "video":
-      raise NstJaxError(f"{name} is a setting of `nst-jax video`, not of a picture")
+      raise video_only_error(name)
   explicit = {name: parse(name, value) for name, value in given.items() if name in BY_NAME}
   if "scales" in given:
     both = {"scale_start", "scale_factor", "scale_steps"} & set(explicit)
@@ -398,13 +404,12 @@ def update_docs(path: str) -> None:
     lines = f.read().split("\n")
   start = next(i for i, line in enumerate(lines) if line.startswith("| setting | default |"))
   end = start
-  for header in (None, "| shorthand"):  # The settings table, then the shorthands' table after a blank line.
-    if header is not None:
-      if not (end + 1 < len(lines) and lines[end] == "" and lines[end + 1].startswith(header)):
-        break
-      end += 1
+  while True:  # The settings table, then the shorthands' table after a blank line (every copy of it).
     while end < len(lines) and lines[end].startswith("|"):
       end += 1
+    if not (end + 1 < len(lines) and lines[end] == "" and lines[end + 1].startswith("| shorthand")):
+      break
+    end += 1
   text = "\n".join(lines[:start] + markdown_table().rstrip("\n").split("\n") + lines[end:])
   with open(path, "w", encoding="utf-8") as f:
     f.write(text)

@@ -1,4 +1,5 @@
-"""End-to-end tests of `nst-jax --workdir`: real SIGTERM / SIGINT / SIGKILL on the command, then resume."""
+"""End-to-end tests of `nst-jax --workdir`: real SIGTERM / SIGINT / SIGHUP / SIGKILL and closed pipes on the
+command, then resume."""
 
 import os
 import re
@@ -44,11 +45,12 @@ def reference(files):
   return nst_jax.stylize(content, style, config, weights=vgg.random_weights(0)), stylizer, content
 
 
-def start(files, workdir, *extra):
+def start(files, workdir, *extra, progress=False):
   content, style, env = files
   command = [sys.executable, "-m", "nst_jax.commands.main", "--content", content, "--style", style,
              "--workdir", workdir, "--weights", "random", "--max_size", str(SIZE), "--steps", str(STEPS),
-             "--log_every", "1", "--checkpoint_every", str(CHECKPOINT_EVERY), "--progress=false", *LAYERS, *extra]
+             "--log_every", "1", "--checkpoint_every", str(CHECKPOINT_EVERY), f"--progress={progress}", *LAYERS,
+             *extra]
   return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -88,7 +90,7 @@ def resume_and_check(files, workdir, reference, *, min_start):
   return resumed_from
 
 
-@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_signal_saves_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, files, reference, signum, exit_code):
   workdir = str(tmp_path / "run")
   process = start(files, workdir)
@@ -100,6 +102,26 @@ def test_signal_saves_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, files
   assert stopped < STEPS and "Traceback" not in err
   with checkpoint.Checkpoints(os.path.join(workdir, rundir.CHECKPOINTS)) as ckpt:
     assert ckpt.latest_step() == stopped  # The checkpoint is at the step where it stopped.
+  assert resume_and_check(files, workdir, reference, min_start=stopped) == stopped
+
+
+# A closed pipe: the reader of stdout and stderr is gone (`nst-jax ... 2>&1 | tee log` and Ctrl-C kills tee too).
+# "progress": the progress bar's next write meets it; "quiet": nothing is written, the run notices it by itself;
+# "sigint": the Ctrl-C reaches the command as well, whose message then goes nowhere.
+@pytest.mark.parametrize("case, exit_code", [("progress", 141), ("quiet", 141), ("sigint", 130)])
+def test_a_closed_pipe_saves_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, files, reference, case, exit_code):
+  workdir = str(tmp_path / "run")
+  process = start(files, workdir, progress=case == "progress")
+  wait_for_step(process, workdir, 5)
+  if case == "sigint":
+    process.send_signal(signal.SIGINT)
+  process.stdout.close()
+  process.stderr.close()
+  assert process.wait(timeout=120) == exit_code
+  stopped = rundir.read_metrics(os.path.join(workdir, rundir.METRICS))[-1]["step"]
+  assert stopped < STEPS
+  with checkpoint.Checkpoints(os.path.join(workdir, rundir.CHECKPOINTS)) as ckpt:
+    assert ckpt.latest_step() == stopped  # Saved at the step where it stopped, not at the last checkpoint_every.
   assert resume_and_check(files, workdir, reference, min_start=stopped) == stopped
 
 

@@ -270,6 +270,44 @@ def test_batch_command_stops_on_sigint_and_resumes_from_the_checkpoint(tmp_path,
   assert not folder.exists()
 
 
+def _metrics_steps(path):
+  from nst_jax import rundir
+  return [r["step"] for r in rundir.read_metrics(str(path))]
+
+
+def test_batch_command_writes_each_outputs_metrics_beside_it(tmp_path):
+  write_inputs(tmp_path)
+  # Rows 1 and 2 make the same picture (one shared job); row 3 another.
+  path = write_manifest(tmp_path, ["content,style,output,steps", "cat.jpg,coffee.png,out/a.png,",
+                                   "cat.jpg,coffee.png,out/b.png,", "cat.jpg,coffee.png,out/c.jpg,3"])
+  out = command([f"--manifest={path}", "--log_every=1"])
+  assert out.returncode == 0, out.stderr
+  for name, steps in (("a", 2), ("b", 2), ("c", 3)):  # `<output stem>.metrics.jsonl`, as `nst-jax` writes it.
+    assert _metrics_steps(tmp_path / "out" / f"{name}.metrics.jsonl") == list(range(1, steps + 1)), name
+
+
+def test_batch_command_stops_on_a_closed_pipe_with_its_checkpoint_and_resumes(tmp_path):
+  write_inputs(tmp_path)
+  path = write_manifest(tmp_path, ["content,style,output", "cat.jpg,coffee.png,out.png"])
+  args = [f"--manifest={path}", "--steps=600", "--checkpoint_every=50", "--log_every=1"]
+  proc = command(args, background=True)
+  metrics = tmp_path / "out.metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and len(_metrics_steps(metrics)) < 5:
+    time.sleep(0.02)
+  proc.stdout.close()  # The reader of stdout and stderr is gone (`| tee log`, then tee killed).
+  proc.stderr.close()
+  assert proc.wait(timeout=300) == 141
+  stopped = _metrics_steps(metrics)[-1]
+  assert 5 <= stopped < 600 and not (tmp_path / "out.png").exists()
+  (folder,) = (tmp_path / ".pairs.nst-jax").iterdir()
+  assert max(int(name) for name in os.listdir(folder) if name.isdigit()) == stopped  # Saved where it stopped.
+  again = command(args)
+  assert again.returncode == 0, again.stderr
+  assert f"row 1: resuming from step {stopped} of 600" in again.stderr
+  assert _metrics_steps(metrics) == list(range(1, 601)) and (tmp_path / "out.png").exists()
+
+
 def test_batch_command_rejects_missing_manifest(tmp_path):
   out = command([f"--manifest={tmp_path / 'nope.csv'}"])
   assert out.returncode == 2 and "manifest not found" in out.stderr and "Traceback" not in out.stderr

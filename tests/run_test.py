@@ -141,6 +141,16 @@ def test_sigint_saves_and_exits_130_and_metrics_after_the_checkpoint_are_dropped
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # Restored.
 
 
+def test_an_interrupted_runs_progress_bar_ends_at_its_step_not_at_100_percent(tmp_path, images, weights):
+  job = engine.Job(images[0], images[1], small_config("adam", steps=5))
+  progress = hooks.ProgressBar()
+  with pytest.raises(run.RunInterrupted), hooks.closing_all(progress):
+    run.run_in_workdir(job, str(tmp_path / "w"), weights, hooks=[progress, hooks.Callback(signal_at(2, signal.SIGINT))],
+                       log=lambda line: None)
+  assert (progress.bar.n, progress.bar.total) == (2, 5)  # 40 %, as the run stopped.
+  assert progress.bar.desc.startswith("stylizing (stopped)")
+
+
 def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, images, weights):
   config = small_config("adam", steps=6)
   full = run_dir(tmp_path, "full", config, images, weights)

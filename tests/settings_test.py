@@ -82,6 +82,7 @@ def test_docs_settings_table_is_current():
   with open(os.path.join(ROOT, "docs", "settings.md"), encoding="utf-8") as f:
     text = f.read()
   assert settings.markdown_table() in text, "regenerate the table: python -m nst_jax.settings --write"
+  assert text.count("| shorthand | meaning |") == 1  # Once (it once appeared twice).
   # The hand-written part of the page stays (a regeneration once replaced it by the generated table).
   assert "| where | how a setting is given | example |\n|---|---|---|\n| command line |" in text
 
@@ -93,6 +94,11 @@ def test_update_docs_replaces_only_the_generated_tables(tmp_path):
   page.write_text(f"# Settings\n\n| where | how |\n|---|---|\n| a | b |\n\nProse.\n\n{stale}\n\nAfter.\n")
   settings.update_docs(str(page))
   assert page.read_text() == f"# Settings\n\n| where | how |\n|---|---|\n| a | b |\n\nProse.\n\n{table}\n\nAfter.\n"
+  # A page where the shorthands' table was left twice gets it once.
+  shorthands = table[table.index("| shorthand"):]
+  page.write_text(f"Prose.\n\n{stale}\n\n{shorthands}\n\nAfter.\n")
+  settings.update_docs(str(page))
+  assert page.read_text() == f"Prose.\n\n{table}\n\nAfter.\n"
 
 
 def test_stylize_flags_are_the_settings(tmp_path):

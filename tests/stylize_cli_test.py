@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -162,6 +164,60 @@ def test_existing_output_is_not_overwritten(files, keras_h5):
   assert_one_line_error(result, ["already exists", "--overwrite"])
   assert output.read_bytes() == b"precious"
   assert os.listdir(files / "out") == ["x.png"]
+
+
+_VIDEO_FLAGS_SCRIPT = """
+import contextlib, io, sys
+from nst_jax import settings
+from nst_jax.commands import common, stylize
+for name in settings.VIDEO_ONLY:
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+    common._parse_flags(["nst-jax", "--content=a.png", f"--{name}=1"])
+  print(name, "|", err.getvalue().strip().replace("\\n", " / "))
+"""
+
+
+def test_a_video_setting_on_the_picture_command_says_it_is_one(files):
+  """--temporal_weight (and every video-only setting) names `nst-jax video`, never a look-alike (tv_weight)."""
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([sys.executable, "-c", _VIDEO_FLAGS_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=str(files))
+  assert result.returncode == 0, result.stderr
+  lines = dict(line.split(" | ", 1) for line in result.stdout.strip().splitlines())
+  assert sorted(lines) == sorted(["temporal_weight", "video_mode", "temporal_frames", "passes", "flow_method"])
+  for name, message in lines.items():
+    assert message == f"error: --{name} is a setting of `nst-jax video`, not of a picture (docs/video.md)"
+
+
+def test_a_stop_without_workdir_says_so_and_writes_nothing(files):
+  """SIGTERM (as SIGINT, SIGHUP, a closed pipe) on a run without --workdir: a message, 143, no output."""
+  output = files / "out" / "x.png"
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             NST_JAX_HOME=str(files / "home"), JAX_PLATFORMS="cpu")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "nst_jax.commands.main", "--content", files / "content.png", "--style",
+       files / "style.png", "--output", output, "--weights", "random", "--max_size", "32", "--steps", "100000",
+       "--log_every", "1", "--content_layers", "relu2_1", "--style_layers", "relu1_1", "--noprogress"],
+      env=env, cwd=str(files), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = files / "out" / "x.metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None and not (metrics.exists() and metrics.stat().st_size):
+    time.sleep(0.02)  # Until the run logs its first step.
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 143, err
+  assert "Traceback" not in err
+  assert "interrupted by SIGTERM at step" in err.strip().splitlines()[-1] and "not written" in err
+  assert sorted(os.listdir(files / "out")) == ["x.metrics.jsonl"]  # No image, no temporary file.
+
+
+def test_the_web_extra_installs_what_the_browser_test_needs():
+  import configparser
+  config = configparser.ConfigParser()
+  config.read(os.path.join(REPO, "setup.cfg"))
+  web = config["options.extras_require"]["web"].split()
+  assert any(line.startswith("playwright") for line in web)
 
 
 def test_help_names_every_command(files):

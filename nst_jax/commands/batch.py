@@ -6,18 +6,18 @@ The manifest has columns content, style, output and any setting by its name (doc
 `nst-jax` setting flag (--steps, --preset, --preserve_colors, --scales, --style_blend_weights, ...) is the
 default for rows that leave a cell empty, and is checked per row against that row's paintings.
 
-Rows whose output exists are skipped (unless --overwrite). Each row checkpoints every --checkpoint_every
-steps into --workdir (default: `.<manifest stem>.nst-jax/` beside the manifest), so running the same
-command again resumes an interrupted row from its last checkpoint; Ctrl-C / SIGTERM stop every row with its
-checkpoint saved (exit 130 / 143). A bad row is reported by its number and skipped, the others still run,
-and the exit status is 1 if any row failed. See docs/batching.md.
+Each output gets its losses beside it in `<output stem>.metrics.jsonl`, as with `nst-jax`. Rows whose
+output exists are skipped (unless --overwrite). Each row checkpoints every --checkpoint_every steps into
+--workdir (default: `.<manifest stem>.nst-jax/` beside the manifest), so running the same command again
+resumes an interrupted row from its last checkpoint; Ctrl-C, SIGTERM, SIGHUP or a closed stdout/stderr pipe
+stop every row with its checkpoint saved (exit 130, 143, 129, 141). A bad row is reported by its number and
+skipped, the others still run, and the exit status is 1 if any row failed. See docs/batching.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 
@@ -105,9 +105,12 @@ def _run(rows: list[manifest.Row], writer: bool) -> list[int]:
     return []
   folder = manifest.run_folder(FLAGS.manifest, FLAGS.workdir)
   progress = hooks.ProgressBar(desc="batch", disable=not FLAGS.progress or not writer)
+  # Each row's losses beside its output, as the picture command writes them (rows may share one job).
+  metrics = hooks.MetricsLog(lambda run: [stylize.metrics_path(row.output) for row in todo if row.job is run.job]
+                             if writer else None)
   start = time.perf_counter()
   with hooks.StopOnSignals() as stop, hooks.closing_all(progress):
-    manifest.run_rows(rows, runner, folder=folder, hooks=[progress, stop, cost.StepTimes()], write=writer,
+    manifest.run_rows(rows, runner, folder=folder, hooks=[metrics, progress, stop, cost.StepTimes()], write=writer,
                       log=lambda line: print(line, file=sys.stderr))
   done = sum(row.result is not None and row.result.status == "done" and row.error is None for row in todo)
   print(f"{done} picture(s) in {time.perf_counter() - start:.1f} s")
@@ -140,10 +143,9 @@ def main(argv):
     print(f"error: {len(failed)} row(s) failed: {', '.join(map(str, failed))}", file=sys.stderr)
   if caught:
     stopped = sum(row.result is not None and row.result.status == "stopped" for row in rows)
-    print(f"interrupted by {signal.Signals(caught[0]).name}: {stopped} row(s) stopped with checkpoints in "
-          f"{manifest.run_folder(FLAGS.manifest, FLAGS.workdir)} (run the same command again to resume)",
-          file=sys.stderr)
-    sys.exit(128 + caught[0])
+    common.stop_exit(f"interrupted by {hooks.stop_cause(caught[0])}: {stopped} row(s) stopped with checkpoints in "
+                     f"{manifest.run_folder(FLAGS.manifest, FLAGS.workdir)} (run the same command again to resume)",
+                     128 + caught[0])
   return 1 if failed else 0
 
 

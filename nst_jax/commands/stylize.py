@@ -7,7 +7,8 @@ log of the losses (`<output stem>.metrics.jsonl` beside it, or `metrics.jsonl` i
 
 With --workdir the run is resumable (see docs/long-runs.md): checkpoints, snapshots, config.json,
 metrics.jsonl, final.png, progress.png and losses.png go into the folder; the same command run again
-continues from the latest checkpoint; Ctrl-C / SIGTERM save a checkpoint and exit 130 / 143.
+continues from the latest checkpoint; Ctrl-C, SIGTERM, SIGHUP or a closed stdout/stderr pipe save a checkpoint
+and exit 130, 143, 129 or 141 (docs/long-runs.md). Without --workdir they stop the run and write nothing.
 
     nst-jax --content photo.jpg --style painting.jpg --workdir runs/cat --steps 10000
 """
@@ -157,8 +158,12 @@ def main(argv):
   progress = hooks.ProgressBar(disable=not FLAGS.progress)
   log = hooks.MetricsLog(lambda run: metrics_path(FLAGS.output))
   start = time.perf_counter()
-  with hooks.closing_all(progress, log):
-    (result,) = eng.run([job], hooks=[log, progress, cost.StepTimes()])
+  with hooks.StopOnSignals() as stop, hooks.closing_all(progress):
+    (result,) = eng.run([job], hooks=[log, progress, stop, cost.StepTimes()])
+  if result.status == "stopped":
+    common.stop_exit(f"interrupted by {hooks.stop_cause(stop.caught[0])} at step {result.step} of "
+                     f"{result.total_steps}: {FLAGS.output} not written (use --workdir for a run that can resume)",
+                     128 + stop.caught[0])
   image_io.save_image(FLAGS.output, result.image)
   tiles.write_preview(FLAGS.output, result.image, int(config.tile_preview))
   if len(result.stages) > 1:
@@ -229,8 +234,7 @@ def main_workdir(config):
           overwrite=FLAGS.overwrite, async_save=FLAGS.async_checkpoints, hooks=[progress, cost.StepTimes()],
           log=lambda line: print(line, file=sys.stderr), estimate_cost=True, force=FLAGS.force)
   except run_lib.RunInterrupted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(e.exit_code)
+    common.stop_exit(str(e), e.exit_code)
   if output:
     image_io.save_image(output, image)
     tiles.write_preview(output, image, int(config.tile_preview))

@@ -10,8 +10,9 @@ See docs/video.md.
 
 --frames_out DIR also writes frame_00001.png, ... With --workdir DIR the run is resumable: the optical flow
 is cached there, each frame checkpoints, finished frames are kept losslessly, and the same command after
-an interruption (Ctrl-C, or even kill -9) resumes and produces the video an uninterrupted run would;
-metrics.jsonl and report.md give the temporal error per frame, progress.png shows a strip of frames.
+an interruption (Ctrl-C, SIGTERM, SIGHUP, a closed stdout/stderr pipe: exit 130, 143, 129, 141; or even
+kill -9) resumes and produces the video an uninterrupted run would; metrics.jsonl and report.md give the
+temporal error per frame, progress.png shows a strip of frames.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def main(argv):
       bar.close()
   if result.status == "stopped":
     where = f"; run the same command to resume from {FLAGS.workdir}" if FLAGS.workdir else " (no --workdir: lost)"
-    print(f"interrupted after {sum(1 for r in result.per_frame)} finished frame(s){where}", file=sys.stderr)
-    sys.exit(128 + stopper.caught[0])
+    common.stop_exit(f"interrupted by {hooks.stop_cause(stopper.caught[0])} after {len(result.per_frame)} finished "
+                     f"frame(s){where}", 128 + stopper.caught[0])
   video_io.write_video(output, result.frames, clip.fps, audio_from=FLAGS.input if clip.has_audio else None)
   if FLAGS.frames_out:
     os.makedirs(FLAGS.frames_out, exist_ok=True)

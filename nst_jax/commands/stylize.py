@@ -146,10 +146,10 @@ def main(argv):
     if not FLAGS[name].value and not (name == "output" and (FLAGS.workdir or FLAGS.dry_run)):
       raise NstJaxError(f"--{name} is required (see --help)")
   config = config_from_flags()
-  if FLAGS.workdir and not FLAGS.dry_run:
-    return main_workdir(config)
   if FLAGS.dry_run:
     return dry_run(config)
+  if FLAGS.workdir:
+    return main_workdir(config)
   image_io.check_writable(FLAGS.output, overwrite=FLAGS.overwrite)
   job, weights = load_job_and_weights(config, name=FLAGS.output)
   print_machine_note(config)

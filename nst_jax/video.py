@@ -36,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from nst_jax import batch as mesh_lib, color, engine, image_io, losses, rundir, settings, vgg
+from nst_jax import batch as mesh_lib, color, engine, image_io, inputs, losses, rundir, settings, vgg
 from nst_jax.errors import NstJaxError
 
 BLEND_WEIGHT = 1.0  # Multipass start: weight of the warped neighbour where reliable (artistic-videos' blendWeight).
@@ -95,6 +95,17 @@ def check_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     if a.shape != shape:
       raise NstJaxError(f"frame {i + 1} is {a.shape[1]}x{a.shape[0]} but frame 1 is {shape[1]}x{shape[0]}")
   return arrays
+
+
+def prepare_frames(frames: Sequence[np.ndarray], max_size: int) -> tuple[list[np.ndarray], list[str]]:
+  """The frames at the video's size (`video_io.even_size`: longest side `max_size`, both sides even, so the
+  size stylised is the size written), and notes; a one-line `NstJaxError` for frames too small.
+  The command and the web worker both prepare a clip this way."""
+  from nst_jax import video_io
+  frames = check_frames(frames)
+  _, notes = inputs.prepare_content(frames[0], int(max_size), "frame 1")  # Checks the size, notes an upscale.
+  size = video_io.even_size(*frames[0].shape[:2], int(max_size))
+  return [image_io.resize(f, size) for f in frames], notes
 
 
 def temporal_targets(frames: Sequence[np.ndarray], t: int, sources: Sequence[int | None],

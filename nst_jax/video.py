@@ -36,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from nst_jax import batch as mesh_lib, color, engine, image_io, inputs, losses, rundir, settings, vgg
+from nst_jax import batch as mesh_lib, color, engine, image_io, inputs, losses, optimize, rundir, settings, vgg
 from nst_jax.errors import NstJaxError
 
 BLEND_WEIGHT = 1.0  # Multipass start: weight of the warped neighbour where reliable (artistic-videos' blendWeight).
@@ -127,6 +127,22 @@ def temporal_targets(frames: Sequence[np.ndarray], t: int, sources: Sequence[int
     masks[k] = mask
   masks = np.asarray(losses.closest_first(masks), np.float32)
   return {"temporal_images": warped, "temporal_masks": masks, "temporal_weight": np.float32(weight)}
+
+
+def sequential_start(frame: np.ndarray, styles: Sequence[np.ndarray], config: ml_collections.ConfigDict,
+                     extras: dict, sources: Sequence[int | None]) -> np.ndarray | None:
+  """Sequential start of a frame: the nearest earlier output warped into it where the flow is reliable, and
+  the frame's own start (`config.init`, e.g. the photo) where it is not (disoccluded, out of frame, motion
+  boundaries). Copying the warped image there too drags the edge's colours in as streaks that a few steps
+  per frame do not repaint (issue 21). None for the first frame."""
+  k = next((k for k, s in enumerate(sources) if s is not None), None)
+  if k is None:
+    return None
+  content, prepared = color.prepare(frame, styles, config.preserve_colors)
+  own = optimize.init_image(config.init, content, prepared, seed=int(config.seed),
+                            style_blend_weights=config.style_blend_weights)
+  mask = np.asarray(extras["temporal_masks"][k], np.float32)[..., None]  # The nearest: closest_first keeps it.
+  return (mask * extras["temporal_images"][k] + (1.0 - mask) * own).astype(np.float32)
 
 
 def _blend_start(frames, t: int, neighbour: int | None, outputs: Any, cache: Any) -> np.ndarray:
@@ -283,7 +299,7 @@ def run_video(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], config
         if sequential:
           sources = [t - d if t - d >= 0 else None for d in offsets]
           extras = temporal_targets(frames, t, sources, current, cache, config.temporal_weight)
-          start = next((extras["temporal_images"][k] for k, s in enumerate(sources) if s is not None), None)
+          start = sequential_start(frames[t], styles, config, extras, sources)
         elif direction == 0:
           sources = [None] * len(offsets)
           extras = temporal_targets(frames, t, sources, previous, cache, config.temporal_weight)

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import make_image, make_style
 from nst_jax import engine, image_io, settings, video
+from nst_jax import flow as flow_lib
 from nst_jax.errors import NstJaxError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,3 +316,28 @@ def test_bar_counts_frame_passes_and_moves_within_a_frame(capsys):
   single.update({"done": 0, "total": 5, "pass": 1, "passes": 1, "frames": [], "seconds": 0.0})
   assert single.bar.unit == "frame"
   single.close()
+
+
+class StartsOf:
+  """Keeps each job's start image (`Job.init_image`) by name."""
+
+  def __init__(self):
+    self.starts = {}
+
+  def on_job_start(self, run) -> None:
+    self.starts[run.job.name] = run.job.init_image
+
+
+def test_sequential_start_takes_the_frames_own_init_where_the_flow_is_unreliable(random_weights, clip, style):
+  """Panned content enters at the right edge: there frame 2 starts from its photo (init content), not from
+  frame 1's edge repeated into streaks; where the flow is reliable, from frame 1's output warped."""
+  starts = StartsOf()
+  cache = flow_lib.FlowCache()
+  result = video.run_video(clip, [style], config(), weights=random_weights, hooks=[starts], flow_cache=cache)
+  start = starts.starts["frame 2/4"]
+  flow_ts, mask = cache.pair(clip, 1, 0)
+  unreliable = mask < 0.5
+  assert unreliable[:, -2:].all()  # The two columns that entered the frame.
+  np.testing.assert_allclose(start[unreliable], clip[1][unreliable], atol=1e-6)
+  warped = np.clip(flow_lib.warp(result.frames[0], flow_ts), 0, 1)
+  np.testing.assert_allclose(start[~unreliable], warped[~unreliable], atol=1e-5)

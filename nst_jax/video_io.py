@@ -147,8 +147,9 @@ def read_clip(path: str, max_size: int | None = None, *, max_frames: int = MAX_F
 
   Raises:
     NstJaxError: missing path, not a video, no video stream, no frames, frames of differing sizes in a
-      folder, a stream FFmpeg cannot decode, a selection past the end, `fps` for a video file; `ClipTooLarge` (a subclass): more than `max_frames` frames,
-      `max_seconds` seconds or `max_pixels` pixels per frame (default `MAX_FRAME_PIXELS`).
+      folder, a stream FFmpeg cannot decode, a selection past the end, `fps` for a video file;
+      `ClipTooLarge` (a subclass): more than `max_frames` frames, `max_seconds` seconds or `max_pixels`
+      pixels per frame (default `MAX_FRAME_PIXELS`).
   """
   max_pixels = MAX_FRAME_PIXELS if max_pixels is None else max_pixels  # Read at call time (patchable).
   path = os.fspath(path)
@@ -424,8 +425,9 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float, *, audio_fr
 
 
 def write_audio(path: str, source: str, seconds: float, start: float = 0.0) -> bool:
-  """Re-encodes `source`'s first audio stream (from `start` s, cut after `seconds`) into `path` (AAC in an mp4 container, e.g.
-  `audio.m4a`), atomically; False (and no file) when it has no audio. `write_video(audio_from=path)` reads it.
+  """Re-encodes `source`'s first audio stream (from `start` s, cut after `seconds`) into `path` (AAC in an
+  mp4 container, e.g. `audio.m4a`), atomically; False (and no file) when it has no audio.
+  `write_video(audio_from=path)` reads it.
 
   The web server keeps a clip's sound this way without storing the uploaded bytes.
   """

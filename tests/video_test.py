@@ -341,3 +341,9 @@ def test_sequential_start_takes_the_frames_own_init_where_the_flow_is_unreliable
   np.testing.assert_allclose(start[unreliable], clip[1][unreliable], atol=1e-6)
   warped = np.clip(flow_lib.warp(result.frames[0], flow_ts), 0, 1)
   np.testing.assert_allclose(start[~unreliable], warped[~unreliable], atol=1e-5)
+
+
+def test_a_workdir_refuses_another_part_of_the_clip(random_weights, clip, style, tmp_path):
+  video.run_video(clip[:2], [style], config(steps=2), weights=random_weights, workdir=str(tmp_path))
+  with pytest.raises(NstJaxError, match=r"changed: .*settings\.start"):
+    video.run_video(clip[:2], [style], config(steps=2, start=0.04), weights=random_weights, workdir=str(tmp_path))

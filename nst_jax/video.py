@@ -9,8 +9,9 @@ No run loop lives here: each frame (sequential) or each pass (multipass) is a li
 carry the temporal targets (`Job.extra_targets`) and the starting image (`Job.init_image`).
 
 - `video_mode sequential`: frame by frame; frame 0 starts from `config.init` (with its coarse-to-fine
-  schedule, if any), frame t from the warped output of frame t - min(temporal_frames), at the output
-  size only, pulled towards the outputs of frames t - d for d in `temporal_frames`.
+  schedule, if any), frame t from the warped output of frame t - min(temporal_frames) where that flow is
+  reliable and from its own init elsewhere (`sequential_start`), at the output size only, pulled towards
+  the outputs of frames t - d for d in `temporal_frames`.
 - `video_mode multipass`: `passes` passes, `steps` split over them; each pass is one batch of every frame
   (vmapped, sharded over the devices by the engine). Pass 1 stylises each frame on its own; later passes
   alternate direction (forwards, backwards, ...): frame t starts from its previous-pass result blended

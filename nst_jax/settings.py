@@ -117,6 +117,13 @@ SETTINGS: tuple[Setting, ...] = (
             "t-2, t-4; nearer frames take precedence)", scope="video"),
     Setting("passes", "int", "video, multipass: number of passes over the clip", scope="video"),
     Setting("flow_method", "str", "video: optical flow (OpenCV)", FLOW_METHODS, scope="video"),
+    Setting("start", "float", "video: seconds of the clip skipped before the part stylised", scope="video"),
+    Setting("duration", "float", "video: seconds stylised from `start`; empty = to the end (or `frames`)",
+            scope="video"),
+    Setting("frames", "int", "video: frames stylised from `start`; empty = to the end (or `duration`)",
+            scope="video"),
+    Setting("fps", "float", "video: frame rate of a folder of frames (empty = 25); a video file has its own",
+            scope="video"),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 VIDEO_ONLY: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.scope == "video")
@@ -329,12 +336,27 @@ def validate(config: ml_collections.ConfigDict, num_styles: int | None = None) -
     raise NstJaxError(f"unknown flow_method {config.flow_method!r}; expected one of {', '.join(FLOW_METHODS)}")
   if not 1 <= int(config.passes) <= 100:
     raise NstJaxError(f"passes must be 1-100, got {config.passes}")
+  _check_selection(config)
   blend = config.style_blend_weights
   if blend is not None:
     if any(not w >= 0 for w in blend) or sum(blend) <= 0:
       raise NstJaxError(f"style_blend_weights must be >= 0 and not all 0, got {list(blend)}")
     if num_styles is not None and len(blend) != num_styles:
       raise NstJaxError(f"{len(blend)} style_blend_weights for {num_styles} style image(s)")
+
+
+def _check_selection(config: ml_collections.ConfigDict) -> None:
+  """The part of a clip (start, duration, frames) and a folder's fps: one line for a bad value."""
+  if not 0 <= float(config.start) < float("inf"):
+    raise NstJaxError(f"start must be >= 0 seconds, got {config.start}")
+  if config.duration is not None and config.frames is not None:
+    raise NstJaxError("give either duration or frames, not both")
+  if config.duration is not None and not 0 < float(config.duration) < float("inf"):
+    raise NstJaxError(f"duration must be > 0 seconds, got {config.duration}")
+  if config.frames is not None and int(config.frames) < 1:
+    raise NstJaxError(f"frames must be >= 1, got {config.frames}")
+  if config.fps is not None and not 0 < float(config.fps) <= 1000:
+    raise NstJaxError(f"fps must be between 0 and 1000 frames per second, got {config.fps}")
 
 
 def _positive_setting(config: ml_collections.ConfigDict, name: str) -> None:

@@ -9,8 +9,9 @@ No run loop lives here: each frame (sequential) or each pass (multipass) is a li
 carry the temporal targets (`Job.extra_targets`) and the starting image (`Job.init_image`).
 
 - `video_mode sequential`: frame by frame; frame 0 starts from `config.init` (with its coarse-to-fine
-  schedule, if any), frame t from the warped output of frame t - min(temporal_frames), at the output
-  size only, pulled towards the outputs of frames t - d for d in `temporal_frames`.
+  schedule, if any), frame t from the warped output of frame t - min(temporal_frames) where that flow is
+  reliable and from its own init elsewhere (`sequential_start`), at the output size only, pulled towards
+  the outputs of frames t - d for d in `temporal_frames`.
 - `video_mode multipass`: `passes` passes, `steps` split over them; each pass is one batch of every frame
   (vmapped, sharded over the devices by the engine). Pass 1 stylises each frame on its own; later passes
   alternate direction (forwards, backwards, ...): frame t starts from its previous-pass result blended
@@ -36,7 +37,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from nst_jax import batch as mesh_lib, color, engine, image_io, losses, rundir, settings, vgg
+from nst_jax import batch as mesh_lib, color, engine, image_io, inputs, losses, optimize, rundir, settings, vgg
 from nst_jax.errors import NstJaxError
 
 BLEND_WEIGHT = 1.0  # Multipass start: weight of the warped neighbour where reliable (artistic-videos' blendWeight).
@@ -97,6 +98,17 @@ def check_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
   return arrays
 
 
+def prepare_frames(frames: Sequence[np.ndarray], max_size: int) -> tuple[list[np.ndarray], list[str]]:
+  """The frames at the video's size (`video_io.even_size`: longest side `max_size`, both sides even, so the
+  size stylised is the size written), and notes; a one-line `NstJaxError` for frames too small.
+  The command and the web worker both prepare a clip this way."""
+  from nst_jax import video_io
+  frames = check_frames(frames)
+  _, notes = inputs.prepare_content(frames[0], int(max_size), "frame 1")  # Checks the size, notes an upscale.
+  size = video_io.even_size(*frames[0].shape[:2], int(max_size))
+  return [image_io.resize(f, size) for f in frames], notes
+
+
 def temporal_targets(frames: Sequence[np.ndarray], t: int, sources: Sequence[int | None],
                      outputs: Any, cache: Any, weight: float) -> dict:
   """`Job.extra_targets` of frame t: the outputs of frames `sources` (None: none) warped into frame t by the
@@ -116,6 +128,22 @@ def temporal_targets(frames: Sequence[np.ndarray], t: int, sources: Sequence[int
     masks[k] = mask
   masks = np.asarray(losses.closest_first(masks), np.float32)
   return {"temporal_images": warped, "temporal_masks": masks, "temporal_weight": np.float32(weight)}
+
+
+def sequential_start(frame: np.ndarray, styles: Sequence[np.ndarray], config: ml_collections.ConfigDict,
+                     extras: dict, sources: Sequence[int | None]) -> np.ndarray | None:
+  """Sequential start of a frame: the nearest earlier output warped into it where the flow is reliable, and
+  the frame's own start (`config.init`, e.g. the photo) where it is not (disoccluded, out of frame, motion
+  boundaries). Copying the warped image there too drags the edge's colours in as streaks that a few steps
+  per frame do not repaint (issue 21). None for the first frame."""
+  k = next((k for k, s in enumerate(sources) if s is not None), None)
+  if k is None:
+    return None
+  content, prepared = color.prepare(frame, styles, config.preserve_colors)
+  own = optimize.init_image(config.init, content, prepared, seed=int(config.seed),
+                            style_blend_weights=config.style_blend_weights)
+  mask = np.asarray(extras["temporal_masks"][k], np.float32)[..., None]  # The nearest: closest_first keeps it.
+  return (mask * extras["temporal_images"][k] + (1.0 - mask) * own).astype(np.float32)
 
 
 def _blend_start(frames, t: int, neighbour: int | None, outputs: Any, cache: Any) -> np.ndarray:
@@ -272,7 +300,7 @@ def run_video(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], config
         if sequential:
           sources = [t - d if t - d >= 0 else None for d in offsets]
           extras = temporal_targets(frames, t, sources, current, cache, config.temporal_weight)
-          start = next((extras["temporal_images"][k] for k, s in enumerate(sources) if s is not None), None)
+          start = sequential_start(frames[t], styles, config, extras, sources)
         elif direction == 0:
           sources = [None] * len(offsets)
           extras = temporal_targets(frames, t, sources, previous, cache, config.temporal_weight)

@@ -51,14 +51,72 @@ class Clip:
 
   Attributes:
     frames: float32 `[H, W, 3]` in [0, 1], all one size, in display order.
-    fps: frames per second (a folder of frames: `DEFAULT_FPS`).
+    fps: frames per second (a folder of frames: `Selection.fps`, else `DEFAULT_FPS`).
     source: the path read.
-    has_audio: whether the file has an audio stream (`write_video(audio_from=source)` keeps it).
+    has_audio: whether the file has an audio stream (`write_video(audio_from=source, audio_start=start)`
+      keeps it).
+    start: seconds of the source before the first frame kept (`Selection.start`).
+    total: frames of the whole source (before a selection).
   """
   frames: list[np.ndarray]
   fps: float
   source: str
   has_audio: bool
+  start: float = 0.0
+  total: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The part of a clip to stylise (the video settings `start`, `duration`, `frames`, `fps`).
+
+  Frame i of the source is at i / fps seconds; the part is the frames from `start` on, `frames` of them or
+  those within `duration` seconds (None: to the end). `fps` gives a folder of frames its rate (a video file
+  has its own: giving it one is refused)."""
+  start: float = 0.0
+  duration: float | None = None
+  frames: int | None = None
+  fps: float | None = None
+
+  @classmethod
+  def from_config(cls, config) -> "Selection":
+    """The selection of a resolved video config (`settings.resolve(..., scope="video")`)."""
+    get = lambda name: config.get(name) if name in config else None  # noqa: E731 (older configs lack them)
+    duration, frames, fps = get("duration"), get("frames"), get("fps")
+    return cls(start=float(get("start") or 0.0), duration=None if duration is None else float(duration),
+               frames=None if frames is None else int(frames), fps=None if fps is None else float(fps))
+
+  def first(self, fps: float) -> int:
+    """Index of the first frame kept at `fps`."""
+    return int(math.ceil(self.start * fps - 1e-6))
+
+  def stop(self, fps: float) -> int | None:
+    """Index after the last frame kept at `fps` (None: to the end)."""
+    if self.frames is not None:
+      return self.first(fps) + self.frames
+    if self.duration is not None:
+      return self.first(fps) + max(1, int(round(self.duration * fps)))
+    return None
+
+
+def select(clip: Clip, selection: Selection) -> Clip:
+  """The part of `clip` (all of it, as read) that `selection` keeps, or a one-line `NstJaxError` when it
+  starts past the end. A part longer than what is left is cut at the end."""
+  first, stop = selection.first(clip.fps), selection.stop(clip.fps)
+  total = clip.total or len(clip.frames)
+  if first >= total:
+    raise NstJaxError(f"start {selection.start:g} s is past the end of {clip.source} ({total} frames, "
+                      f"{total / clip.fps:.2f} s at {clip.fps:g} fps)")
+  frames = clip.frames[first:stop]
+  return dataclasses.replace(clip, frames=frames, start=first / clip.fps, total=total)
+
+
+def even_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+  """The frame size of a video job: the longest side `max_size` (aspect kept), then each side rounded down
+  to even, since yuv420p video (what every player decodes) stores colour at half resolution: what is
+  stylised is what the mp4 holds."""
+  out_h, out_w = image_io.fit_size(height, width, max_size)
+  return max(2, out_h - out_h % 2), max(2, out_w - out_w % 2)
 
 
 def _av():
@@ -75,28 +133,40 @@ def _one_line(error: Exception) -> str:
 
 
 def _resized(frame: np.ndarray, max_size: int | None) -> np.ndarray:
-  return frame if max_size is None else image_io.resize_longest(frame, max_size)
+  """`frame` at `even_size` for `max_size` (as read when None)."""
+  return frame if max_size is None else image_io.resize(frame, even_size(*frame.shape[:2], max_size))
 
 
 def read_clip(path: str, max_size: int | None = None, *, max_frames: int = MAX_FRAMES,
-              max_seconds: float = MAX_SECONDS, max_pixels: int | None = None) -> Clip:
-  """Reads a video file or a folder of numbered frames, frames resized to `max_size` (longest side).
+              max_seconds: float = MAX_SECONDS, max_pixels: int | None = None,
+              selection: Selection | None = None) -> Clip:
+  """Reads a video file or a folder of numbered frames, frames resized to `max_size` (longest side; both
+  sides even: `even_size`).
+
+  `selection` keeps a part (`select`; a file is decoded only up to its end) and gives a folder its rate.
 
   Raises:
     NstJaxError: missing path, not a video, no video stream, no frames, frames of differing sizes in a
-      folder, a stream FFmpeg cannot decode; `ClipTooLarge` (a subclass): more than `max_frames` frames,
-      `max_seconds` seconds or `max_pixels` pixels per frame (default `MAX_FRAME_PIXELS`).
+      folder, a stream FFmpeg cannot decode, a selection past the end, `fps` for a video file;
+      `ClipTooLarge` (a subclass): more than `max_frames` frames, `max_seconds` seconds or `max_pixels`
+      pixels per frame (default `MAX_FRAME_PIXELS`).
   """
   max_pixels = MAX_FRAME_PIXELS if max_pixels is None else max_pixels  # Read at call time (patchable).
   path = os.fspath(path)
   if max_size is not None:
     image_io.check_size(int(max_size), "max_size")
+  selection = selection or Selection()
   if not os.path.exists(path):
     raise NstJaxError(f"clip not found: {path}")
   if os.path.isdir(path):
+    fps = float(selection.fps) if selection.fps is not None else DEFAULT_FPS
     frames = _read_folder(path, max_size, max_frames, max_pixels)
-    return Clip(frames=frames, fps=DEFAULT_FPS, source=path, has_audio=False)
-  return _read_file(path, max_size, max_frames, max_seconds, max_pixels)
+    clip = Clip(frames=frames, fps=fps, source=path, has_audio=False, total=len(frames))
+  else:
+    if selection.fps is not None:
+      raise NstJaxError(f"fps is for a folder of frames; {path} is a video file with its own frame rate")
+    clip = _read_file(path, max_size, max_frames, max_seconds, max_pixels, selection)
+  return select(clip, selection)
 
 
 def _numbered_frames(folder: str) -> list[str]:
@@ -142,7 +212,8 @@ def _stream_fps(stream) -> float:
   return DEFAULT_FPS
 
 
-def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: float, max_pixels: int) -> Clip:
+def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: float, max_pixels: int,
+               selection: Selection) -> Clip:
   av = _av()
   try:
     container = av.open(path)
@@ -161,9 +232,12 @@ def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: fl
     if stream.frames > max_frames:
       raise ClipTooLarge(f"{path}: {stream.frames} frames is over the limit of {max_frames}")
     fps = _stream_fps(stream)
-    frames, first_shape = [], None
+    first, stop = selection.first(fps), selection.stop(fps)
+    frames, index, first_shape = [], 0, None
     try:
-      for frame in container.decode(stream):
+      for index, frame in enumerate(container.decode(stream)):
+        if stop is not None and index >= stop:  # The selection ends here: the rest is not decoded.
+          break
         if len(frames) == max_frames:
           raise ClipTooLarge(f"{path}: more than {max_frames} frames (the limit)")
         if frame.time is not None and frame.time > max_seconds:
@@ -171,6 +245,9 @@ def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: fl
         if frame.width * frame.height > max_pixels:
           raise ClipTooLarge(f"{path}: a {frame.width}x{frame.height} frame is over the limit of "
                              f"{max_pixels:,} pixels")
+        if index < first:  # Before the selection: counted, not kept.
+          frames.append(None)
+          continue
         rgb = frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
         first_shape = first_shape or rgb.shape[:2]
         if rgb.shape[:2] != first_shape:
@@ -180,7 +257,8 @@ def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: fl
       raise NstJaxError(f"{path}: cannot decode its video ({_one_line(e)})") from None
     if not frames:
       raise NstJaxError(f"{path}: the video stream has no frames")
-    return Clip(frames=frames, fps=fps, source=path, has_audio=bool(container.streams.audio))
+    return Clip(frames=frames, fps=fps, source=path, has_audio=bool(container.streams.audio),
+                total=max(len(frames), int(stream.frames or 0)))  # The header's count when decoding stopped early.
 
 
 def _output_format(path: str) -> tuple[str, str, str, str]:
@@ -252,18 +330,26 @@ def _add_audio(container, audio_codec: str, source: str):
   return source_container, audio_in, audio_out
 
 
-def _copy_audio(container, audio, seconds: float) -> None:
-  """Decodes the source's audio and encodes it into `container`, cut at the video's length."""
+def _copy_audio(container, audio, seconds: float, start: float = 0.0) -> None:
+  """Decodes the source's audio and encodes it into `container`, from `start` s on, cut at the video's
+  length."""
   av = _av()
   source_container, audio_in, audio_out = audio
   context = audio_out.codec_context
   resampler = av.AudioResampler(format=context.format.name, layout=context.layout.name, rate=context.sample_rate)
   samples_left = int(round(seconds * context.sample_rate))
+  skip = int(round(start * context.sample_rate))  # Before the selected part (`Clip.start`).
   for frame in source_container.decode(audio_in):
     frame.pts = None
     for chunk in resampler.resample(frame):
       if samples_left <= 0:
         break
+      if skip >= chunk.samples:
+        skip -= chunk.samples
+        continue
+      if skip:
+        chunk = _audio_tail(chunk, skip, context.sample_rate)
+        skip = 0
       if chunk.samples > samples_left:  # The clip's video ends here: cut the audio with it.
         keep = samples_left if chunk.format.is_planar else samples_left * chunk.layout.nb_channels  # Interleaved.
         chunk = av.AudioFrame.from_ndarray(chunk.to_ndarray()[:, :keep], format=chunk.format.name,
@@ -276,7 +362,18 @@ def _copy_audio(container, audio, seconds: float) -> None:
   container.mux(audio_out.encode(None))
 
 
-def write_video(path: str, frames: Sequence[np.ndarray], fps: float, *, audio_from: str | None = None) -> None:
+def _audio_tail(chunk, skip: int, sample_rate: int):
+  """An audio frame without its first `skip` samples."""
+  av = _av()
+  keep_from = skip if chunk.format.is_planar else skip * chunk.layout.nb_channels  # Interleaved.
+  tail = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk.to_ndarray()[:, keep_from:]),
+                                    format=chunk.format.name, layout=chunk.layout.name)
+  tail.sample_rate = sample_rate
+  return tail
+
+
+def write_video(path: str, frames: Sequence[np.ndarray], fps: float, *, audio_from: str | None = None,
+                audio_start: float = 0.0) -> None:
   """Encodes float `[H, W, 3]` frames in [0, 1] at `fps` into `path` (format from its extension), atomically.
 
   Args:
@@ -285,6 +382,7 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float, *, audio_fr
     fps: the frame rate (e.g. `Clip.fps`, so the output keeps the input's).
     audio_from: a video file whose first audio stream is re-encoded (AAC, or Opus in webm) and cut at the
       video's length; None, or a file without audio: a silent video.
+    audio_start: seconds of `audio_from` skipped (a selected part of a clip: `Clip.start`).
 
   Raises:
     NstJaxError: no frames, frames of differing sizes, an unsupported format or missing encoder, an
@@ -315,7 +413,7 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float, *, audio_fr
         container.mux(stream.encode(video_frame))
       container.mux(stream.encode(None))
       if audio is not None:
-        _copy_audio(container, audio, len(frames) / float(rate))
+        _copy_audio(container, audio, len(frames) / float(rate), audio_start)
   except NstJaxError:
     raise
   except (av.error.FFmpegError, OSError, ValueError) as e:
@@ -325,9 +423,10 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float, *, audio_fr
       audio[0].close()
 
 
-def write_audio(path: str, source: str, seconds: float) -> bool:
-  """Re-encodes `source`'s first audio stream (cut at `seconds`) into `path` (AAC in an mp4 container, e.g.
-  `audio.m4a`), atomically; False (and no file) when it has no audio. `write_video(audio_from=path)` reads it.
+def write_audio(path: str, source: str, seconds: float, start: float = 0.0) -> bool:
+  """Re-encodes `source`'s first audio stream (from `start` s, cut after `seconds`) into `path` (AAC in an
+  mp4 container, e.g. `audio.m4a`), atomically; False (and no file) when it has no audio.
+  `write_video(audio_from=path)` reads it.
 
   The web server keeps a clip's sound this way without storing the uploaded bytes.
   """
@@ -338,7 +437,7 @@ def write_audio(path: str, source: str, seconds: float) -> bool:
       audio = _add_audio(container, "aac", source)
       if audio is None:
         raise _NoAudio()
-      _copy_audio(container, audio, seconds)
+      _copy_audio(container, audio, seconds, start)
   except _NoAudio:
     return False
   except (av.error.FFmpegError, OSError, ValueError) as e:

@@ -1,6 +1,8 @@
-"""Video figures of issue 13: flicker (temporal error) per mode, warm start, and speed.
+"""Video figures of issues 13 and 21: flicker (temporal error) per mode, ghosting, warm start, and speed.
 
     python scripts/benchmark_video.py --what error,warm --size 48 --frames 5 --steps 30
+    python scripts/benchmark_video.py --what ghosting --size 128 --frames 10 --steps 20
+    python scripts/benchmark_video.py --what ghosting --input clip.mp4 --size 128 --frames 10 --steps 20
     python scripts/benchmark_video.py --what speed --size 256 --frames 8 --steps 4
 
 - error: temporal error E (`flow.temporal_error`: mean over t of the mean squared difference between output
@@ -9,6 +11,16 @@
   sequential and `video` multipass, at the same steps per frame, on (a) a synthetic clip (a picture panned
   2 px per frame plus a square moving the other way) and (b) a clip cut from a photo of ../shared/data
   (pan and zoom). Target: sequential and multipass E <= 1/4 of per-frame.
+- ghosting: flicker alone rewards copying the previous frame (an object that moves fades into the
+  background, streaks grow from an edge). Beside the flicker ratio (video / per-frame E), the per-frame
+  content and style residuals of the video's frames and of each frame stylised alone (the default losses'
+  content and style terms, invariant: `||F - P||^2 / ||P||^2` and `||G - A||^2 / ||A||^2`), over the pixels
+  where copying goes wrong: occluded or out of frame (the flow's forward-backward check and border,
+  `flow.reliable_mask`) or moving against the camera (flow more than `--moving_px` from the frame's median
+  flow); ghosting = (content_weight x content + style_weight x style) of the video / of per-frame, over
+  frames 2..T. Targets: flicker <= 0.25 and ghosting <= 1.25. The clips (`--ghost_clips`) are a camera
+  pan and zoom across a photo of ../shared/data/content with an object cut from another photo moving across
+  it (`moving_clip`); `--input` measures a real clip instead.
 - warm: in a sequential run, the steps a later frame needs to reach the first frame's final loss (content +
   style + tv, the temporal term left out), as a share of the steps per frame. Target <= 50%.
 - speed: seconds per frame of each mode at --size, and multipass frames per second with batches of
@@ -27,11 +39,11 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from nst_jax import engine, flow, image_io, settings, video, weights as weights_lib
+from nst_jax import engine, flow, image_io, inputs, settings, video, weights as weights_lib
 from nst_jax.commands import common
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
-flags.DEFINE_list("what", ["error", "warm", "speed"], "Figures to measure: error, warm, speed.")
+flags.DEFINE_list("what", ["error", "ghosting", "warm", "speed"], "Figures: error, ghosting, warm, speed.")
 flags.DEFINE_integer("size", 48, "Longest side of the frames (error, warm).")
 flags.DEFINE_integer("speed_size", 256, "Longest side of the frames for the speed figures.")
 flags.DEFINE_integer("frames", 5, "Frames per clip.")
@@ -46,6 +58,11 @@ flags.DEFINE_string("photo", os.path.join(SHARED_DATA, "content/tubingen.jpg"),
 flags.DEFINE_string("style", os.path.join(SHARED_DATA, "styles/starry_night.jpg"), "Style painting.")
 flags.DEFINE_list("settings", [], "More settings as NAME=VALUE (e.g. temporal_weight=1e9,passes=4).")
 flags.DEFINE_string("weights", "random", "VGG19 weights (see nst-jax --help).")
+flags.DEFINE_list("ghost_clips", ["tubingen.jpg+chelsea.png", "coffee.png+astronaut.png"],
+                  "Ghosting clips: BACKGROUND+OBJECT photos of ../shared/data/content (moving_clip).")
+flags.DEFINE_string("input", None, "Ghosting: a real clip (video file or frames folder) instead of --ghost_clips.")
+flags.DEFINE_string("save_frames", None, "Ghosting: save a strip (input / alone / video) per clip in DIR.")
+flags.DEFINE_float("moving_px", 1.0, "Ghosting: a pixel moves when its flow is this far from the median flow.")
 FLAGS = flags.FLAGS
 
 
@@ -82,6 +99,33 @@ def photo_clip(path: str, size: int, count: int) -> list[np.ndarray]:
     x0 = int(0.05 * width + 0.02 * width * t)
     y0 = (height - h) // 2
     frames.append(image_io.resize_longest(photo[y0:y0 + h, x0:x0 + w], size))
+  return frames
+
+
+def moving_clip(background: str, thing: str, size: int, count: int) -> list[np.ndarray]:
+  """A camera panning (2% of the photo's width per frame) and zooming in (1.5% per frame) across the photo
+  `background`, and an ellipse cut from the photo `thing` (a third of the frame high) crossing the frame
+  the other way, 4% of the frame's width per frame, and a little downwards."""
+  photo, other = image_io.open_image(background), image_io.open_image(thing)
+  height, width = photo.shape[:2]
+  frames = []
+  for t in range(count):
+    scale = 0.7 * (1 - 0.015 * t)
+    h, w = int(height * scale), int(width * scale)
+    x0, y0 = int(0.05 * width + 0.02 * width * t), (height - h) // 2
+    frames.append(image_io.resize_longest(photo[y0:y0 + h, x0:x0 + w], size))
+  out_h, out_w = frames[0].shape[:2]
+  side = out_h // 3
+  cut = image_io.resize(other, (side, round(side * 1.3)))
+  rows, cols = np.mgrid[0:cut.shape[0], 0:cut.shape[1]]
+  inside = ((rows - cut.shape[0] / 2) / (cut.shape[0] / 2))**2 + ((cols - cut.shape[1] / 2) / (cut.shape[1] / 2))**2
+  inside = inside <= 1.0
+  for t, frame in enumerate(frames):
+    left = int(out_w * (0.75 - 0.04 * t)) - cut.shape[1] // 2
+    top = out_h // 3 + int(0.01 * out_h * t)
+    for r, c in zip(*np.nonzero(inside)):
+      if 0 <= top + r < out_h and 0 <= left + c < out_w:
+        frame[top + r, left + c] = cut[r, c]
   return frames
 
 
@@ -131,6 +175,83 @@ def measure_error(weights, style) -> None:
     line = ", ".join(f"{k} {v:.5f}" for k, v in errors.items())
     ratios = ", ".join(f"{k}/per-frame {errors[k] / errors['per-frame']:.3f}" for k in ("sequential", "multipass"))
     print(f"  {name}: {line}; {ratios} (target <= 0.25; {time.perf_counter() - begin:.0f} s, {load()})")
+
+
+def ghost_mask(frames, t: int, cache, moving_px: float) -> np.ndarray:
+  """Frame t's pixels where copying frame t-1 goes wrong: not reliable (occluded, out of frame, motion
+  boundary) or moving against the camera (flow t -> t-1 more than `moving_px` from its median)."""
+  flow_ts, reliable = cache.pair(frames, t, t - 1)
+  median = np.median(flow_ts.reshape(-1, 2), axis=0)
+  moving = np.linalg.norm(flow_ts - median, axis=-1) > moving_px
+  return ((reliable < 0.5) | moving).astype(np.float32)
+
+
+def masked_residuals(weights, cfg, frame, style, image, mask) -> tuple[float, float]:
+  """(content, style) residuals of `image` against `frame` and the painting over `mask` `[H, W]`: the invariant
+  content term weighted by the mask at each content layer, and the style term of the guided Gram matrix of
+  the masked positions, weighted by their share (`losses.style_layer_loss` with a mask)."""
+  import dataclasses
+  import jax.numpy as jnp
+  from nst_jax import losses, optimize, vgg
+  spec = dataclasses.replace(optimize.loss_spec_from_config(cfg), loss_normalization="invariant")
+  targets = optimize.make_targets(weights, spec, frame, [style], content_weight=1.0, style_weight=1.0,
+                                  tv_weight=0.0)
+  features = vgg.extract_features(weights, jnp.asarray(image, jnp.float32), spec.all_layers, pooling=spec.pooling)
+  content = np.mean([float(losses.content_loss(
+      features=features[n], target=targets.content_features[n], normalization="invariant",
+      weight=losses.downsample_mask(mask, n))) for n in spec.content_layers])
+  style_term = sum(w * float(losses.style_layer_loss(
+      features=features[n], target_gram=targets.style_grams[n], normalization="invariant",
+      mask=losses.downsample_mask(mask, n))) for n, w in spec.style_layer_weights)
+  return float(content), float(style_term)
+
+
+def ghosting(weights, cfg, frames, style, video_frames, alone_frames, cache) -> dict:
+  """Content, style and weighted residuals over the ghost masks of frames 2..T, summed, video vs alone."""
+  sums = {"video": np.zeros(2), "alone": np.zeros(2)}
+  for t in range(1, len(frames)):
+    mask = ghost_mask(frames, t, cache, FLAGS.moving_px)
+    if mask.sum() == 0:
+      continue
+    for name, outputs in (("video", video_frames), ("alone", alone_frames)):
+      sums[name] += masked_residuals(weights, cfg, frames[t], style, outputs[t], mask)
+  weighted = {k: cfg.content_weight * v[0] + cfg.style_weight * v[1] for k, v in sums.items()}
+  return {"content": sums["video"][0] / sums["alone"][0], "style": sums["video"][1] / sums["alone"][1],
+          "ghosting": weighted["video"] / weighted["alone"],
+          "masked": float(np.mean([ghost_mask(frames, t, cache, FLAGS.moving_px).mean()
+                                   for t in range(1, len(frames))]))}
+
+
+def ghost_clips() -> list[tuple[str, list[np.ndarray]]]:
+  if FLAGS.input:
+    from nst_jax import video_io
+    clip = video_io.read_clip(FLAGS.input, FLAGS.size, selection=video_io.Selection(frames=FLAGS.frames))
+    return [(FLAGS.input, clip.frames)]
+  content = os.path.join(SHARED_DATA, "content")
+  return [(name, moving_clip(*[os.path.join(content, p) for p in name.split("+")], FLAGS.size, FLAGS.frames))
+          for name in FLAGS.ghost_clips]
+
+
+def measure_ghosting(weights, style) -> None:
+  print(f"flicker and ghosting at {FLAGS.size} px, {FLAGS.frames} frames, {FLAGS.steps} steps per frame, "
+        f"sequential (settings: {', '.join(FLAGS.settings) or 'defaults'}):")
+  for name, frames in ghost_clips():
+    begin = time.perf_counter()
+    cfg = config(FLAGS.size, FLAGS.steps, log_every=FLAGS.steps)
+    style = image_io.load_image(FLAGS.style, inputs.style_size(cfg))  # As the command loads it.
+    cache = flow.FlowCache(None, cfg.flow_method)
+    alone = per_frame(frames, style, cfg, weights)
+    result = video.run_video(frames, [style], cfg, weights=weights, flow_cache=cache)
+    flicker = video.mean_error(result.temporal_error) / video.mean_error(
+        flow.temporal_error(alone, frames, cfg.flow_method, cache))
+    ghost = ghosting(weights, cfg, frames, style, result.frames, alone, cache)
+    print(f"  {name}: flicker {flicker:.3f} of per-frame (target <= 0.25), ghosting {ghost['ghosting']:.3f} "
+          f"(content {ghost['content']:.3f}, style {ghost['style']:.3f}; target <= 1.25) over "
+          f"{100 * ghost['masked']:.0f}% of the pixels ({time.perf_counter() - begin:.0f} s, {load()})")
+    if FLAGS.save_frames:
+      os.makedirs(FLAGS.save_frames, exist_ok=True)
+      strip = np.concatenate([np.concatenate(row, axis=1) for row in (frames, alone, result.frames)], axis=0)
+      image_io.save_image(os.path.join(FLAGS.save_frames, name.replace("/", "_") + ".png"), strip)
 
 
 def measure_warm(weights, style) -> None:
@@ -184,7 +305,8 @@ def main(argv):
   print(f"weights: {weights.source}" + (" (random: figures compare modes, pictures are not artistic)"
                                          if not weights.sha256 else ""))
   for what in FLAGS.what:
-    {"error": measure_error, "warm": measure_warm, "speed": measure_speed}[what](weights, style)
+    {"error": measure_error, "warm": measure_warm, "speed": measure_speed,
+     "ghosting": measure_ghosting}[what](weights, style)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,15 @@ def test_bad_clips_and_fields(idle_app, tmp_path):
   folder = idle_app.state.store.job_dir(job["id"])
   assert sorted(os.listdir(folder)) == ["audio.m4a", "clip.json", "content.png", "frames", "style.png"]
   assert len(os.listdir(os.path.join(folder, "frames"))) == 4  # Decoded frames; never the uploaded bytes.
+  part = post(_files(), {"max_size": 32, "start": str(1 / FPS), "frames": "2"})  # The command's names.
+  assert part.status_code == 201, part.text
+  assert part.json()["frames"] == 2 and part.json()["options"]["frames"] == "2"
+  stored = idle_app.state.store.job_dir(part.json()["id"])
+  assert len(os.listdir(os.path.join(stored, "frames"))) == 2
+  assert json.load(open(os.path.join(stored, "clip.json")))["start"] == pytest.approx(1 / FPS)
+  _error(post(_files(), {"max_size": 32, "start": "10"}), 422, "start 10 s is past the end of video")
+  _error(post(_files(), {"max_size": 32, "frames": "0"}), 422, "frames must be >= 1")
+  _error(post(_files(), {"max_size": 32, "fps": "10"}), 422, "fps is for a folder of frames")
 
 
 def test_config_and_page_offer_clips(idle_app):

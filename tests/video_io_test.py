@@ -300,3 +300,43 @@ def test_limit_errors_are_clip_too_large(tmp_path):
   with pytest.raises(NstJaxError) as info:
     video_io.read_clip(str(text))
   assert not isinstance(info.value, video_io.ClipTooLarge)
+
+
+def test_selection_keeps_part_of_a_file_and_cuts_its_audio(tmp_path):
+  frames = clip_frames()
+  source = encode_clip(tmp_path / "in.mp4", frames, audio_codec="aac", audio_seconds=T / FPS)
+  part = video_io.read_clip(source, selection=video_io.Selection(start=0.25, frames=3))  # 0.25 s = frame 3.
+  assert len(part.frames) == 3 and part.start == 0.25 and part.total == T and part.fps == FPS
+  assert_close_to(part.frames, frames[3:6])
+  timed = video_io.read_clip(source, selection=video_io.Selection(start=0.5, duration=10.0))  # Cut at the end.
+  assert len(timed.frames) == T - 6 and timed.start == 0.5
+  assert len(video_io.read_clip(source, selection=video_io.Selection(duration=2 / FPS)).frames) == 2
+  output = str(tmp_path / "part.mp4")
+  video_io.write_video(output, part.frames, part.fps, audio_from=source, audio_start=part.start)
+  info = streams_of(output)
+  assert info["audio_codec"] == "aac" and abs(info["audio_seconds"] - 3 / FPS) < 0.05
+  assert_one_line_error("past the end", video_io.read_clip, source, selection=video_io.Selection(start=1.0))
+  assert_one_line_error("fps is for a folder", video_io.read_clip, source, selection=video_io.Selection(fps=10))
+
+
+def test_a_folder_takes_its_rate_and_a_selection(tmp_path):
+  for index, frame in enumerate(clip_frames(num_frames=5)):
+    Image.fromarray(frame).save(tmp_path / f"frame_{index + 1}.png")
+  clip = video_io.read_clip(str(tmp_path), selection=video_io.Selection(fps=10, start=0.1, frames=2))
+  assert clip.fps == 10 and len(clip.frames) == 2 and clip.total == 5 and clip.start == 0.1
+  np.testing.assert_allclose(clip.frames[0], as_float(clip_frames(num_frames=5))[1], atol=1e-6)
+  assert_one_line_error("past the end", video_io.read_clip, str(tmp_path),
+                        selection=video_io.Selection(start=0.5))  # 5 frames at 25 fps: 0.2 s.
+
+
+def test_frames_are_read_at_even_sizes_so_the_mp4_holds_what_was_stylised(tmp_path):
+  frames = [frame[:31, :47] for frame in clip_frames(num_frames=2)]
+  for index, frame in enumerate(frames):
+    Image.fromarray(frame).save(tmp_path / f"frame_{index + 1}.png")
+  assert video_io.even_size(31, 47, 47) == (30, 46) and video_io.even_size(40, 30, 33) == (32, 24)
+  clip = video_io.read_clip(str(tmp_path), 47)
+  assert clip.frames[0].shape == (30, 46, 3)
+  output = str(tmp_path / "even.mp4")
+  video_io.write_video(output, clip.frames, 10)
+  info = streams_of(output)
+  assert (info["width"], info["height"]) == (46, 30)

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import make_image, make_style
 from nst_jax import engine, image_io, settings, video
+from nst_jax import flow as flow_lib
 from nst_jax.errors import NstJaxError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,6 +226,7 @@ def test_command_kill_9_then_resume_equals_uninterrupted(clip, style, tmp_path):
   assert not (tmp_path / "resumed.mp4").exists()  # Nothing half-written.
   done = nst_jax(*resumed_args)
   assert done.returncode == 0, done.stderr
+  assert f"resumed from {workdir}: " in done.stderr and "frames done, going on at frame" in done.stderr
   for name in sorted(os.listdir(tmp_path / "whole")):
     np.testing.assert_array_equal(image_io.open_image(str(tmp_path / "whole" / name)),
                                   image_io.open_image(str(tmp_path / "resumed" / name)))
@@ -250,6 +252,11 @@ def test_command_bad_inputs_are_one_line_errors(clip, style, tmp_path):
       (["--input", mixed, "--style_region=x.png"], "error: --style_region is a flag of nst-jax (pictures)"),
       (["--input", mixed, "--dry_run"], "error: --dry_run is a flag of nst-jax (pictures)"),
       (["--input", write_folder(tmp_path / "good", clip), "--tile_preview=2"], "error: tile_preview is a setting"),
+      (["--input", mixed, "--start=-1"], "error: start must be >= 0"),
+      (["--input", mixed, "--frames=0"], "error: frames must be >= 1"),
+      (["--input", mixed, "--fps=0"], "error: fps must be between"),
+      (["--input", mixed, "--frames=2", "--duration=1"], "error: give either duration or frames"),
+      (["--input", tmp_path / "good", "--start=100"], "error: start 100 s is past the end"),
   ]
   for extra, message in cases:
     out = tmp_path / "out.mp4"
@@ -266,3 +273,77 @@ def test_command_bad_inputs_are_one_line_errors(clip, style, tmp_path):
   assert stylize.returncode != 0 and "temporal_weight" in stylize.stderr and "Traceback" not in stylize.stderr
   helped = nst_jax("--help")
   assert helped.returncode == 0 and "--temporal_frames" in helped.stdout and "--input" in helped.stdout
+
+
+@pytest.mark.slow
+def test_command_stylises_part_of_a_folder_at_its_fps_and_even_size_with_steps_shown(style, tmp_path):
+  frames = [make_image(25, 33, seed=i) for i in range(5)]  # Odd sizes.
+  folder = write_folder(tmp_path / "clip", frames)
+  image_io.save_image(str(tmp_path / "style.png"), style)
+  out = tmp_path / "out.mp4"
+  done = nst_jax("--input", folder, "--style", str(tmp_path / "style.png"), "--output", str(out), "--fps=10",
+                 "--start=0.1", "--frames=3", *[a for a in COMMON if a not in ("--progress=false", "--max_size=32")],
+                 "--max_size=33")
+  assert done.returncode == 0, done.stderr
+  assert "3 frames (frames 2-4 of 5, from 0.10 s) 32x24 at 10 fps" in done.stderr
+  assert "frame 1/3 step 3/6" in done.stderr  # The bar moves within a frame.
+  assert "32x24" in done.stdout
+  from nst_jax import video_io
+  written = video_io.read_clip(str(out))
+  assert len(written.frames) == 3 and written.fps == 10 and written.frames[0].shape == (24, 32, 3)
+
+
+class _Run:
+  def __init__(self, name, total):
+    self.job, self.total_steps, self.restored_step = type("J", (), {"name": name})(), total, None
+
+
+def test_bar_counts_frame_passes_and_moves_within_a_frame(capsys):
+  from nst_jax.commands import video as command
+  bar = command._FrameBar(disable=False, workdir="wd")
+  bar.update({"done": 7, "total": 8, "pass": 2, "passes": 2, "frames": [], "seconds": 0.0})
+  bar.on_job_start(_Run("frame 4/4 pass 2", 10))
+  assert "resumed from wd: 7 of 8 frame-passes done, going on in pass 2 (3 of its 4 frames done)" in (
+      capsys.readouterr().err)
+  assert bar.bar.unit == "frame-pass"
+  for step in (1, 2, 3, 4, 5):
+    bar.on_step(type("E", (), {"run": _Run("frame 4/4 pass 2", 10), "step": step})())
+  assert bar.bar.n == 7.5
+  bar.update({"done": 8, "total": 8, "pass": 2, "passes": 2, "frames": [4], "seconds": 1.0})
+  assert bar.bar.n == 8
+  bar.close()
+  single = command._FrameBar(disable=False)
+  single.update({"done": 0, "total": 5, "pass": 1, "passes": 1, "frames": [], "seconds": 0.0})
+  assert single.bar.unit == "frame"
+  single.close()
+
+
+class StartsOf:
+  """Keeps each job's start image (`Job.init_image`) by name."""
+
+  def __init__(self):
+    self.starts = {}
+
+  def on_job_start(self, run) -> None:
+    self.starts[run.job.name] = run.job.init_image
+
+
+def test_sequential_start_takes_the_frames_own_init_where_the_flow_is_unreliable(random_weights, clip, style):
+  """Panned content enters at the right edge: there frame 2 starts from its photo (init content), not from
+  frame 1's edge repeated into streaks; where the flow is reliable, from frame 1's output warped."""
+  starts = StartsOf()
+  cache = flow_lib.FlowCache()
+  result = video.run_video(clip, [style], config(), weights=random_weights, hooks=[starts], flow_cache=cache)
+  start = starts.starts["frame 2/4"]
+  flow_ts, mask = cache.pair(clip, 1, 0)
+  unreliable = mask < 0.5
+  assert unreliable[:, -2:].all()  # The two columns that entered the frame.
+  np.testing.assert_allclose(start[unreliable], clip[1][unreliable], atol=1e-6)
+  warped = np.clip(flow_lib.warp(result.frames[0], flow_ts), 0, 1)
+  np.testing.assert_allclose(start[~unreliable], warped[~unreliable], atol=1e-5)
+
+
+def test_a_workdir_refuses_another_part_of_the_clip(random_weights, clip, style, tmp_path):
+  video.run_video(clip[:2], [style], config(steps=2), weights=random_weights, workdir=str(tmp_path))
+  with pytest.raises(NstJaxError, match=r"changed: .*settings\.start"):
+    video.run_video(clip[:2], [style], config(steps=2, start=0.04), weights=random_weights, workdir=str(tmp_path))

@@ -93,4 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.temporal_frames = "1"
   config.passes = 6
   config.flow_method = "dis"
+  # The part of the clip stylised (video only, nst_jax/video_io.py `Selection`): from `start` seconds, for
+  # `duration` seconds or `frames` frames (None: to the end); `fps` is a folder of frames' rate (None: 25).
+  config.start = 0.0
+  config.duration = None
+  config.frames = None
+  config.fps = None
   return config

@@ -234,13 +234,28 @@ def _upload_message(message: str, path: str) -> str:
   return message.replace(path, "video")
 
 
+def _selected(clip: video_io.Clip, config, upload: str) -> video_io.Clip:
+  """The part of an uploaded clip its settings select (`video_io.select`), errors naming the field."""
+  selection = video_io.Selection.from_config(config)
+  if selection.fps is not None:
+    raise NstJaxError("fps is for a folder of frames; an uploaded video file has its own frame rate")
+  try:
+    return video_io.select(clip, selection)
+  except NstJaxError as e:
+    raise NstJaxError(_upload_message(str(e), upload)) from None
+
+
 def write_video_inputs(folder: str, clip: video_io.Clip, upload: str, styles: list[np.ndarray], config,
                        limits: Limits) -> dict:
   """Writes a video job's inputs: `frames/frame_00001.png`... (as decoded, capped at the server's largest
   output), `content.png` (the first frame, for thumbnails), the paintings, `clip.json` (frame rate) and
-  `audio.m4a` (the clip's sound re-encoded, if any). Returns its size fields (steps: of the first frame)."""
-  photo, _ = inputs.prepare_content(clip.frames[0], int(config.max_size), "video frame")  # Checks the size.
-  stages = engine.plan(config, photo.shape)
+  `audio.m4a` (the clip's sound re-encoded, if any). Only the part of the clip that the settings `start`,
+  `duration` or `frames` select is kept (`fps` is refused: an uploaded file has its own rate). Returns its
+  size fields (steps: of the first frame; frames: of the part)."""
+  clip = _selected(clip, config, upload)
+  inputs.prepare_content(clip.frames[0], int(config.max_size), "video frame")  # Checks the size.
+  height, width = video_io.even_size(*clip.frames[0].shape[:2], int(config.max_size))  # What is stylised.
+  stages = engine.plan(config, (height, width, 3))
   os.makedirs(folder)
   try:
     frames = [_capped(frame, limits.max_size) for frame in clip.frames]
@@ -250,11 +265,10 @@ def write_video_inputs(folder: str, clip: video_io.Clip, upload: str, styles: li
       cap = max(limits.max_size, inputs.style_size(config))
       image_io.save_image(os.path.join(folder, name), _capped(style, cap))
     if clip.has_audio:
-      video_io.write_audio(os.path.join(folder, AUDIO_FILE), upload, len(clip.frames) / clip.fps)
+      video_io.write_audio(os.path.join(folder, AUDIO_FILE), upload, len(clip.frames) / clip.fps, clip.start)
     with image_io.atomic_write(os.path.join(folder, CLIP_FILE), "w") as f:
-      json.dump({"fps": clip.fps, "frames": len(clip.frames)}, f)
+      json.dump({"fps": clip.fps, "frames": len(clip.frames), "start": clip.start}, f)
   except Exception:
     shutil.rmtree(folder, ignore_errors=True)
     raise
-  return {"height": photo.shape[0], "width": photo.shape[1], "steps": sum(s.steps for s in stages),
-          "frames": len(clip.frames)}
+  return {"height": height, "width": width, "steps": sum(s.steps for s in stages), "frames": len(clip.frames)}

@@ -75,14 +75,16 @@ def load_job(store: JobStore, job: dict) -> engine.Job:
 def load_video(store: JobStore, job: dict) -> tuple[list[np.ndarray], list[np.ndarray], ml_collections.ConfigDict,
                                                      float]:
   """`(frames, styles, config, fps)` of a stored video job, prepared as `nst-jax video` prepares a clip."""
-  from nst_jax import video_io
+  from nst_jax import video, video_io
   styles = style_paths(store, job["id"])
   config = job_config(job["options"], len(styles), kind="video")
-  clip = video_io.read_clip(store.path(job["id"], FRAMES_DIR), int(config.max_size))
-  frames = [inputs.prepare_content(f, int(config.max_size), f"frame {i + 1}")[0] for i, f in enumerate(clip.frames)]
-  paintings = [inputs.load_painting(path, config, keep_alpha=False) for path in styles]
   with open(store.path(job["id"], CLIP_FILE), encoding="utf-8") as f:
     fps = float(json.load(f)["fps"])
+  # The stored frames are the part of the clip selected at submission (`submit.write_video_inputs`).
+  clip = video_io.read_clip(store.path(job["id"], FRAMES_DIR), int(config.max_size),
+                            selection=video_io.Selection(fps=fps))
+  frames, _ = video.prepare_frames(clip.frames, int(config.max_size))
+  paintings = [inputs.load_painting(path, config, keep_alpha=False) for path in styles]
   return frames, paintings, config, fps
 
 

@@ -118,8 +118,8 @@ def prepare_mask(image: np.ndarray, what: str, max_size: int | None = None, name
                  ) -> tuple[np.ndarray, list[str]]:
   """A decoded mask -> float32 `[H, W]` (longest side at most `max_size`) and notes (a colour mask converted;
   `name`, its path or upload field, names it there)."""
-  notes = [f"{what} {name} is in colour: converted to greyscale (luminance)".replace("  ", " ")] \
-      if is_colour(image) else []
+  named = f"{what} {name}" if name else what
+  notes = [f"{named} is in colour: converted to greyscale (luminance)"] if is_colour(image) else []
   if max_size is not None and max(image.shape[:2]) > max_size:
     image = image_io.resize_longest(image, max_size)
   return as_mask(image, what), notes

@@ -1,11 +1,12 @@
-"""The FastAPI application: the page, the JSON API, the progress stream, uploads and their limits.
+"""The FastAPI application's routes: the page, the JSON API, the progress stream and the job files. What the
+server accepts lives in `limits`, how a form becomes a stored job in `submit`.
 
     app = create_app(data_dir="nst-jax-data", weights=weights_lib.load_vgg19("random"))
 
 API (schema at /openapi.json, interactive docs at /docs): `POST /api/jobs` (multipart: `content` image or
-`video` clip, `style` image + options) -> job; `GET /api/jobs` (this browser's jobs); `GET /api/jobs/{id}`;
-`GET /api/jobs/{id}/events` (server-sent events); `GET /api/jobs/{id}/preview`, `/result`,
-`/input/{content|style}`; `POST /api/jobs/{id}/cancel`; `DELETE /api/jobs/{id}`.
+`video` clip, `style` images (repeated) + options) -> job; `GET /api/jobs` (this browser's jobs);
+`GET /api/jobs/{id}`; `GET /api/jobs/{id}/events` (server-sent events); `GET /api/jobs/{id}/preview`,
+`/result`, `/input/{content|style|style2...}`; `POST /api/jobs/{id}/cancel`; `DELETE /api/jobs/{id}`.
 
 Each browser gets a random token in an HttpOnly, SameSite=Strict cookie (API clients may send it in the
 `X-NST-Client` header instead); jobs are stored under a hash of it and other browsers get 404.

@@ -238,10 +238,14 @@ def test_style_repeats_for_any_number_of_paintings_with_regions_in_the_same_orde
   files = [("content", ("c.png", png_bytes(0)))] + [("style", (f"s{i}.png", b)) for i, b in enumerate(paintings)]
   files += [("style_region", (f"r{i}.png", b)) for i, b in enumerate(masks)]
   data = {"max_size": 32, "style_blend_weights": "1,2,3"}
-  r = TestClient(app).post("/api/jobs", files=files, data=data)
+  client = TestClient(app)
+  r = client.post("/api/jobs", files=files, data=data)
   assert r.status_code == 201, r.text
   job = r.json()
   assert job["warnings"] == [] and [u.rsplit("/", 1)[1] for u in job["style_urls"]] == ["style", "style2", "style3"]
+  third = client.get(job["style_urls"][2])
+  assert third.status_code == 200 and third.headers["content-type"] == "image/png"
+  assert client.get(job["style_urls"][2] + "x").status_code == 422  # Only content, style, style2... are files.
   stored = worker_lib.load_job(app.state.store, app.state.store.get(job["id"]))
   paths = []
   for i, image in enumerate([png_bytes(0), *paintings, *masks]):
@@ -252,7 +256,7 @@ def test_style_repeats_for_any_number_of_paintings_with_regions_in_the_same_orde
                        [expected.content, *expected.styles, *expected.regions]):
     assert got.shape == want.shape and np.abs(got - want).max() <= 1e-6
   assert stored.region_sources is None
-  bad = TestClient(app).post("/api/jobs", files=files[:4] + files[5:], data=data)  # Regions 2 and 3 of three.
+  bad = client.post("/api/jobs", files=files[:4] + files[5:], data=data)  # Regions 2 and 3 of three.
   assert bad.status_code == 422 and "style_region" in bad.json()["detail"], bad.text
 
 
@@ -272,6 +276,9 @@ def test_style2_is_an_alias_for_a_second_style_with_a_deprecation_warning(tmp_pa
   both = [*_files().items(), ("style", ("b.png", png_bytes(3))), ("style2", ("c.png", png_bytes(4)))]
   r = client.post("/api/jobs", files=both, data={"max_size": 32})
   assert r.status_code == 422 and "style2" in r.json()["detail"] and "repeated style" in r.json()["detail"]
+  alone = {"content": _files()["content"], "style2": ("b.png", png_bytes(3))}
+  r = client.post("/api/jobs", files=alone, data={"max_size": 32})
+  assert r.status_code == 422 and r.json()["detail"].startswith("style: an image file is required"), r.text
 
 
 def worker_lib_load(app, job_id: str):

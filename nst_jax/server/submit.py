@@ -121,9 +121,11 @@ def _apply_aliases(form: Form, single: dict) -> None:
     if upload is None:
       continue
     given = getattr(form, attribute) or []
+    if field == "style" and not given:
+      raise SubmitError(422, "style: an image file is required (style2 is a second painting)")
     if field != "style" and len(form.styles) < 2:
       raise SubmitError(422, f"{alias}: there is no second painting (style2) for it")
-    if len(given) > 1 or (field == "style" and len(given) != 1):
+    if len(given) > 1:
       raise SubmitError(422, f"{alias}: give the paintings and masks as repeated {field} fields, not both")
     setattr(form, attribute, (given or [None]) + [upload])
 

@@ -50,20 +50,53 @@ def load_painting(path: str, config: ml_collections.ConfigDict, *, keep_alpha: b
   return prepare_painting(image, config)
 
 
-def load_masks(paths: Sequence[str | None] | None, what: str, max_size: int) -> tuple[list | None, list[str]]:
-  """Mask files (`style_region` or `style_region_source`, one per style; a None entry stays None) -> float32
-  `[H, W]` arrays, and notes."""
-  if not paths:
+def prepare_masks(images: Sequence[np.ndarray | None] | None, what: str, max_size: int, names: Sequence[str] = ()
+                  ) -> tuple[list | None, list[str]]:
+  """Decoded masks (one per style; a None entry stays None) -> float32 `[H, W]` arrays at most `max_size` on
+  their longest side (`regions.prepare_mask`), and notes; `names[i]` (a path or field) names mask i in them."""
+  if not images:
     return None, []
   masks, notes = [], []
-  for i, path in enumerate(paths, start=1):
-    if path is None:
+  for i, image in enumerate(images, start=1):
+    if image is None:
       masks.append(None)
       continue
-    mask, mask_notes = regions.load_mask(path, f"{what} {i}", max_size)
+    name = names[i - 1] if i <= len(names) else ""
+    mask, mask_notes = regions.prepare_mask(image, f"{what} {i}", max_size, name)
     masks.append(mask)
     notes += mask_notes
   return masks, notes
+
+
+def open_masks(paths: Sequence[str | None] | None, what: str) -> list | None:
+  """Mask files (`style_region` or `style_region_source`, one per style; a None entry stays None), decoded
+  once (`regions.open_mask`)."""
+  if not paths:
+    return None
+  return [None if path is None else regions.open_mask(path, f"{what} {i}") for i, path in enumerate(paths, 1)]
+
+
+def prepare_job(content: np.ndarray, styles: Sequence[np.ndarray], config: ml_collections.ConfigDict, *,
+                name: str = "", checkpoint_dir: str | None = None, style_regions: Sequence | None = None,
+                style_region_sources: Sequence | None = None, mask_names: tuple[Sequence[str], Sequence[str]] = ((), ())
+                ) -> tuple[engine.Job, list[str]]:
+  """Decoded images (a photo and paintings as `image_io.open_image_keep_alpha` returns them, any size; masks
+  as `regions.open_mask` returns them, None entries allowed) -> `(job, notes)`: each resized once, by the
+  command's rules, and checked (alpha, regions) before any work. `load_job` (files) and the web server
+  (uploads) both prepare jobs here, so the same file gives the same job."""
+  if not styles:
+    raise NstJaxError("at least one style image is needed")
+  photo, notes = prepare_content(content, int(config.max_size))
+  alpha.split(photo)  # A fully transparent photo is an error before any work.
+  paintings = [prepare_painting(style, config) for style in styles]
+  for i, painting in enumerate(paintings, start=1):
+    alpha.split(painting, f"style image {i}")
+  masks, mask_notes = prepare_masks(style_regions, "style_region", int(config.max_size), mask_names[0])
+  sources, source_notes = prepare_masks(style_region_sources, "style_region_source",
+                                        max([max(p.shape[:2]) for p in paintings]), mask_names[1])
+  regions.check(masks, sources, photo.shape, [p.shape for p in paintings])
+  return engine.Job(content=photo, styles=paintings, config=config, name=name, checkpoint_dir=checkpoint_dir,
+                    regions=masks, region_sources=sources), notes + mask_notes + source_notes
 
 
 def load_job(content: str, styles: Sequence[str], config: ml_collections.ConfigDict, *, name: str = "",
@@ -74,18 +107,10 @@ def load_job(content: str, styles: Sequence[str], config: ml_collections.ConfigD
   A transparent photo or painting (`nst_jax.alpha`) stays RGBA `[H, W, 4]` in the job; others are RGB.
   `style_regions` / `style_region_sources`: one mask file per painting, or None (see `nst_jax.regions`);
   masks are read at most at the photo's / painting's size and checked by the engine's rules here, so a bad
-  mask is an error before any work.
+  mask is an error before any work. Each file is decoded once, then prepared by `prepare_job`.
   """
-  if not styles:
-    raise NstJaxError("at least one style image is needed")
-  photo, notes = prepare_content(image_io.open_image_keep_alpha(content), int(config.max_size))
-  alpha.split(photo)  # A fully transparent photo is an error before any work.
-  paintings = [load_painting(path, config) for path in styles]
-  for i, painting in enumerate(paintings, start=1):
-    alpha.split(painting, f"style image {i}")
-  masks, mask_notes = load_masks(style_regions, "style_region", int(config.max_size))
-  sources, source_notes = load_masks(style_region_sources, "style_region_source",
-                                     max([max(p.shape[:2]) for p in paintings]))
-  regions.check(masks, sources, photo.shape, [p.shape for p in paintings])
-  return engine.Job(content=photo, styles=paintings, config=config, name=name, checkpoint_dir=checkpoint_dir,
-                    regions=masks, region_sources=sources), notes + mask_notes + source_notes
+  return prepare_job(image_io.open_image_keep_alpha(content), [image_io.open_image_keep_alpha(p) for p in styles],
+                     config, name=name, checkpoint_dir=checkpoint_dir,
+                     style_regions=open_masks(style_regions, "style_region"),
+                     style_region_sources=open_masks(style_region_sources, "style_region_source"),
+                     mask_names=([p or "" for p in style_regions or ()], [p or "" for p in style_region_sources or ()]))

@@ -106,13 +106,21 @@ def check(regions: Sequence | None, sources: Sequence | None, content_shape: Seq
   return masks, checked
 
 
-def load_mask(path: str, what: str, max_size: int | None = None) -> tuple[np.ndarray, list[str]]:
-  """A mask file -> float32 `[H, W]` (longest side at most `max_size`) and notes (a colour mask converted)."""
+def open_mask(path: str, what: str) -> np.ndarray:
+  """Decodes a mask file (RGB float32, as `image_io.open_image`); errors name the mask (`what`)."""
   try:
-    image = image_io.open_image(path)
+    return image_io.open_image(path)
   except NstJaxError as e:
     raise NstJaxError(f"{what}: {e}") from None
-  notes = [f"{what} {path} is in colour: converted to greyscale (luminance)"] if is_colour(image) else []
+
+
+def prepare_mask(image: np.ndarray, what: str, max_size: int | None = None, name: str = ""
+                 ) -> tuple[np.ndarray, list[str]]:
+  """A decoded mask -> float32 `[H, W]` (longest side at most `max_size`) and notes (a colour mask converted;
+  `name`, its path or upload field, names it there)."""
+  named = f"{what} {name}" if name else what
+  notes = [f"{named} is in colour: converted to greyscale (luminance)"] if is_colour(image) else []
   if max_size is not None and max(image.shape[:2]) > max_size:
     image = image_io.resize_longest(image, max_size)
   return as_mask(image, what), notes
+

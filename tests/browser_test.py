@@ -121,11 +121,11 @@ def test_upload_submit_and_see_result(tmp_path):
 
 
 def test_a_region_chosen_on_the_page_is_sent_as_masks_of_the_photo_aspect_ratio(tmp_path):
-  """'Where the painting goes': the left half becomes style_region (white left) and, with a second painting,
-  style2_region (the rest); a rectangle in percent too (docs/spatial-control.md)."""
+  """'Where the painting goes': the left half becomes the first style_region (white left) and, with more
+  paintings, theirs the rest (repeated style and style_region fields, in order); a rectangle in percent too
+  (docs/spatial-control.md)."""
   sync_playwright = _playwright()
   import numpy as np
-  from nst_jax import image_io
   app = create_app(data_dir=str(tmp_path / "data"), weights=vgg.random_weights(0), rate_limit=0,
                    start_worker=False)
   store = app.state.store
@@ -154,19 +154,29 @@ def test_a_region_chosen_on_the_page_is_sent_as_masks_of_the_photo_aspect_ratio(
       page.click("#submit")
       page.wait_for_function("JSON.parse(localStorage.getItem('nst-jax-jobs') || '[]').length === 2")
       second = page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))[0]")
+      # More than two paintings: the second box takes several; each is a `style` field with its region.
+      page.set_input_files("#style2-input", files=[{"name": f"{name}.png", "mimeType": "image/png",
+                                                    "buffer": png_bytes(seed, 30, 50)} for name, seed in
+                                                   (("b", 3), ("c", 4))])
+      page.click("#submit")
+      page.wait_for_function("JSON.parse(localStorage.getItem('nst-jax-jobs') || '[]').length === 3")
+      third = page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))[0]")
       # The history (server lists newest first) keeps the newest job first in the browser's list too.
       page.evaluate("refreshHistory()")
-      assert page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))") == [second, first]
+      assert page.evaluate("JSON.parse(localStorage.getItem('nst-jax-jobs'))") == [third, second, first]
     finally:
       browser.close()
-  region = image_io.open_image(store.path(first, "style_region.png"))[..., 0]
-  rest = image_io.open_image(store.path(first, "style2_region.png"))[..., 0]
+  mask = lambda job_id, name: np.load(store.path(job_id, name))  # The masks the job runs from.
+  region, rest = mask(first, "style_region.npy"), mask(first, "style2_region.npy")
   assert region.shape == rest.shape == (32, 40)  # The photo's aspect ratio (40x32).
-  assert region[:, :20].min() == 1.0 and region[:, 20:].max() == 0.0
-  np.testing.assert_array_equal(rest, 1.0 - region)
-  corner = image_io.open_image(store.path(second, "style_region.png"))[..., 0]
-  assert corner[:16, 20:].min() == 1.0 and corner[16:].max() == 0.0 and corner[:, :20].max() == 0.0
-  assert not os.path.exists(store.path(second, "style2_region.png"))
+  assert region[:, :20].min() > 0.999 and region[:, 20:].max() < 1e-6
+  np.testing.assert_allclose(rest, 1.0 - region, atol=1e-6)
+  corner = mask(second, "style_region.npy")
+  assert corner[:16, 20:].min() > 0.999 and corner[16:].max() < 1e-6 and corner[:, :20].max() < 1e-6
+  assert not os.path.exists(store.path(second, "style2_region.npy"))
+  assert os.path.exists(store.path(third, "style3.npy")) and store.get(third)["options"]["style_blend_weights"] == \
+      "50,25,25"
+  np.testing.assert_allclose(mask(third, "style3_region.npy"), 1.0 - mask(third, "style_region.npy"), atol=1e-6)
 
 
 def test_a_chosen_clip_plays_in_its_box_under_the_pages_security_policy(tmp_path):

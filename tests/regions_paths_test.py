@@ -136,7 +136,7 @@ def test_the_api_refuses_bad_masks_with_a_422_naming_them(files, tmp_path):
   cases = [({"style_region": read("black")}, "all black"),
            ({"style_region": read("square")}, "aspect ratio"),
            ({"style2_region": read("left")}, "no second painting"),
-           ({"style2": read("style_b"), "style_region": read("left")}, "style_region and style2_region"),
+           ({"style2": read("style_b"), "style_region": read("left")}, "1 style_region mask(s) for 2"),
            ({"style_region": ("x.png", b"not an image")}, "style_region"),
            ({"style_region_source": read("left")}, "needs style_region")]
   for extra, words in cases:

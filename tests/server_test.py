@@ -79,7 +79,7 @@ def test_submit_progress_result(client):
   assert download.content == result.content
   assert client.get(done["preview_url"]).headers["content-type"] == "image/jpeg"
   content = Image.open(io.BytesIO(client.get(done["content_url"]).content))
-  assert content.size == (40, 32)  # As uploaded (png_bytes(0)); the job prepares it as the command does.
+  assert content.size == (32, 26)  # As the job uses it (prepared once at submission, as the command does).
   assert job["id"] in [j["id"] for j in client.get("/api/jobs").json()]
   assert len(client.get(f"/api/jobs/{job['id']}/losses").json()) == 12
 
@@ -114,7 +114,7 @@ def test_job_ids_unguessable_and_not_paths(idle_app):
     assert client.get(f"/api/jobs/{bad}/result").status_code == 404
   # Uploaded names are never paths: the job folder holds only fixed names.
   folder = idle_app.state.store.job_dir(next(iter(ids)))
-  assert sorted(os.listdir(folder)) == ["content.png", "style.png"]
+  assert sorted(os.listdir(folder)) == ["content.npy", "content.png", "style.npy", "style.png"]
 
 
 def test_cancel_queued_running_and_batched(client):
@@ -159,15 +159,17 @@ def test_bad_options_422_name_the_field(idle_app, data, words):
 def test_settings_by_name_are_stored_and_the_quality_preset_keeps_its_steps(tmp_path):
   app = create_app(data_dir=str(tmp_path), weights=WEIGHTS, start_worker=False, rate_limit=0)
   client = TestClient(app)
-  files = {**_files(), "style2": ("other.png", png_bytes(3), "image/png")}
+  files = [*_files().items(), ("style", ("other.png", png_bytes(3), "image/png"))]
   r = client.post("/api/jobs", files=files, data={"max_size": 32, "preset": "quality", "scales": "16,2,5",
                                                   "preserve_colors": "histogram", "style_blend_weights": "3,1"})
   assert r.status_code == 201, r.text
   job = r.json()
   assert job["options"]["preset"] == "quality" and job["options"]["preserve_colors"] == "histogram"
   assert job["steps"] == 105 and job["style2_url"]  # 5 steps at 16 px, the preset's 100 at 32 px.
+  assert job["warnings"] == [] and len(job["style_urls"]) == 2
   folder = app.state.store.job_dir(job["id"])
-  assert sorted(os.listdir(folder)) == ["content.png", "style.png", "style2.png"]
+  assert sorted(os.listdir(folder)) == ["content.npy", "content.png", "style.npy", "style.png", "style2.npy",
+                                        "style2.png"]
   default = client.post("/api/jobs", files=_files(), data={"max_size": 32}).json()["steps"]
   assert default == settings.resolve({}).steps == client.get("/api/config").json()["default_steps"]  # The machine's.
   quality = client.post("/api/jobs", files=_files(), data={"max_size": 32, "preset": "quality"}).json()
@@ -178,6 +180,8 @@ def test_settings_by_name_are_stored_and_the_quality_preset_keeps_its_steps(tmp_
   assert "quality" in schema["description"]
   fields = schema["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
   assert set(settings.NAMES) | {"preset", "scales", "style2"} <= set(fields)
+  assert fields["style"]["type"] == "array" and fields["style_region"]["type"] == "array"
+  assert fields["style2"]["deprecated"] and fields["style2_region"]["deprecated"]
 
 
 def _library_result(tmp_path, content: bytes, styles: list[bytes], data: dict) -> np.ndarray:
@@ -203,8 +207,8 @@ def test_two_paintings_and_kept_colours_equal_the_library_call(tmp_path):
   data = {"max_size": 32, "steps": 8, "style_blend_weights": "3,1", "preserve_colors": "histogram",
           "style_weight": 1e3, **SHALLOW}
   with TestClient(app) as client:
-    r = client.post("/api/jobs", data=data, files={"content": ("c.png", content), "style": ("a.png", style),
-                                                   "style2": ("b.png", style2)})
+    r = client.post("/api/jobs", data=data, files=[("content", ("c.png", content)), ("style", ("a.png", style)),
+                                                   ("style", ("b.png", style2))])
     assert r.status_code == 201, r.text
     job = wait_for(_get(client, r.json()["id"]))
     assert job["status"] == "done", job
@@ -215,6 +219,113 @@ def test_two_paintings_and_kept_colours_equal_the_library_call(tmp_path):
   one_style = _library_result(tmp_path, content, [style], {k: v for k, v in data.items()
                                                            if k != "style_blend_weights"})
   assert np.max(np.abs(result - one_style)) > 0.02  # The second painting made a difference.
+
+
+def _mask_bytes(left: bool, width: int = 40, height: int = 32) -> bytes:
+  mask = np.zeros((height, width), np.uint8)
+  mask[:, :width // 2] = 255
+  buffer = io.BytesIO()
+  Image.fromarray(mask if left else 255 - mask).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def test_style_repeats_for_any_number_of_paintings_with_regions_in_the_same_order(tmp_path):
+  """Three paintings as three `style` fields (the command's repeated --style) and their regions as repeated
+  `style_region`: the stored job is the one the command makes of the same files."""
+  from nst_jax.server import worker as worker_lib
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, start_worker=False, rate_limit=0)
+  paintings = [png_bytes(1), png_bytes(3, 30, 50), png_bytes(4, 24, 24)]
+  masks = [_mask_bytes(True), _mask_bytes(False), _mask_bytes(False)]
+  files = [("content", ("c.png", png_bytes(0)))] + [("style", (f"s{i}.png", b)) for i, b in enumerate(paintings)]
+  files += [("style_region", (f"r{i}.png", b)) for i, b in enumerate(masks)]
+  data = {"max_size": 32, "style_blend_weights": "1,2,3"}
+  client = TestClient(app)
+  r = client.post("/api/jobs", files=files, data=data)
+  assert r.status_code == 201, r.text
+  job = r.json()
+  assert job["warnings"] == [] and [u.rsplit("/", 1)[1] for u in job["style_urls"]] == ["style", "style2", "style3"]
+  third = client.get(job["style_urls"][2])
+  assert third.status_code == 200 and third.headers["content-type"] == "image/png"
+  assert client.get(job["style_urls"][2] + "x").status_code == 422  # Only content, style, style2... are files.
+  stored = worker_lib.load_job(app.state.store, app.state.store.get(job["id"]))
+  paths = []
+  for i, image in enumerate([png_bytes(0), *paintings, *masks]):
+    paths.append(str(tmp_path / f"input{i}.png"))
+    open(paths[-1], "wb").write(image)
+  expected, _ = inputs.load_job(paths[0], paths[1:4], settings.resolve(data, num_styles=3), style_regions=paths[4:])
+  for got, want in zip([stored.content, *stored.styles, *stored.regions],
+                       [expected.content, *expected.styles, *expected.regions]):
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-6
+  assert stored.region_sources is None
+  bad = client.post("/api/jobs", files=files[:4] + files[5:], data=data)  # Regions 2 and 3 of three.
+  assert bad.status_code == 422 and "style_region" in bad.json()["detail"], bad.text
+
+
+def test_style2_is_an_alias_for_a_second_style_with_a_deprecation_warning(tmp_path):
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, start_worker=False, rate_limit=0)
+  client = TestClient(app)
+  old = {**_files(), "style2": ("b.png", png_bytes(3)), "style_region": ("r.png", _mask_bytes(True)),
+         "style2_region": ("r2.png", _mask_bytes(False)), "style2_region_source": ("s.png", png_bytes(7))}
+  r = client.post("/api/jobs", files=old, data={"max_size": 32})
+  assert r.status_code == 201, r.text
+  warnings = r.json()["warnings"]
+  assert len(warnings) == 3 and all("deprecated" in w for w in warnings)
+  assert any(w.startswith("style2 ") and "second style field" in w for w in warnings)
+  stored = worker_lib_load(app, r.json()["id"])
+  assert len(stored.styles) == 2 and len(stored.regions) == 2 and stored.region_sources[0] is None
+  assert stored.region_sources[1] is not None
+  both = [*_files().items(), ("style", ("b.png", png_bytes(3))), ("style2", ("c.png", png_bytes(4)))]
+  r = client.post("/api/jobs", files=both, data={"max_size": 32})
+  assert r.status_code == 422 and "style2" in r.json()["detail"] and "repeated style" in r.json()["detail"]
+  alone = {"content": _files()["content"], "style2": ("b.png", png_bytes(3))}
+  r = client.post("/api/jobs", files=alone, data={"max_size": 32})
+  assert r.status_code == 422 and r.json()["detail"].startswith("style: an image file is required"), r.text
+
+
+def worker_lib_load(app, job_id: str):
+  from nst_jax.server import worker as worker_lib
+  return worker_lib.load_job(app.state.store, app.state.store.get(job_id))
+
+
+def test_an_upload_over_the_size_limit_is_prepared_once_as_the_command_prepares_it(tmp_path):
+  """A photo and a long painting larger than the server's max_size: the job runs from the command's arrays
+  (never re-encoded to 8 bits, never resized twice), so the picture is the command's."""
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0, max_size=32,
+                   checkpoint_every=None, preview_every=100.0)
+  content, style = png_bytes(0, 150, 120), png_bytes(1, 400, 40)  # Over the limit; a 10:1 painting.
+  data = {"steps": 6, "style_weight": 1e3, **SHALLOW}
+  with TestClient(app) as client:
+    r = client.post("/api/jobs", data=data, files=_files(content, style))
+    assert r.status_code == 201, r.text
+    stored = worker_lib_load(app, r.json()["id"])
+    job = wait_for(_get(client, r.json()["id"]))
+    assert job["status"] == "done", job
+    result = _result_image(client, job)
+  paths = [tmp_path / "c.png", tmp_path / "s.png"]
+  paths[0].write_bytes(content)
+  paths[1].write_bytes(style)
+  config = settings.resolve({"max_size": 32, **data}, num_styles=1)
+  expected_job, _ = inputs.load_job(str(paths[0]), [str(paths[1])], config)
+  assert np.abs(stored.content - expected_job.content).max() <= 1e-6  # Not an 8-bit copy.
+  assert stored.styles[0].shape == expected_job.styles[0].shape
+  assert np.abs(stored.styles[0] - expected_job.styles[0]).max() <= 1e-6
+  expected = nst_jax.stylize(expected_job.content, expected_job.styles, config, weights=WEIGHTS)
+  assert result.shape == expected.shape and np.abs(result - expected).mean() <= 1.0 / 255
+
+
+def test_a_web_job_decodes_each_upload_once(tmp_path, monkeypatch):
+  """Submission and run together: the photo and the painting are each decoded once."""
+  from nst_jax import image_io
+  decoded = []
+  real_open = image_io._open
+  monkeypatch.setattr(image_io, "_open", lambda source, *a: decoded.append(source) or real_open(source, *a))
+  app = create_app(data_dir=str(tmp_path / "data"), weights=WEIGHTS, rate_limit=0, batch_wait=0,
+                   checkpoint_every=None, preview_every=100.0)
+  with TestClient(app) as client:
+    r = client.post("/api/jobs", data={"max_size": 32, "steps": 2, **SHALLOW}, files=_files())
+    assert r.status_code == 201, r.text
+    assert wait_for(_get(client, r.json()["id"]))["status"] == "done"
+  assert len(decoded) == 2, decoded
 
 
 def test_jobs_with_other_step_counts_share_a_batch_and_equal_their_single_runs(tmp_path):
@@ -272,7 +383,7 @@ def test_cancelling_a_requeued_job_removes_its_checkpoints(tmp_path):
   os.makedirs(os.path.join(store.checkpoint_dir(job["id"]), "3"))  # As a stopped run leaves them.
   assert client.post(f"/api/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
   assert not os.path.exists(store.checkpoint_dir(job["id"]))
-  assert sorted(os.listdir(store.job_dir(job["id"]))) == ["content.png", "style.png"]
+  assert sorted(os.listdir(store.job_dir(job["id"]))) == ["content.npy", "content.png", "style.npy", "style.png"]
 
 
 @pytest.fixture

@@ -103,7 +103,8 @@ def test_clip_job_progress_by_frame_and_mp4_result_equal_to_the_library(client, 
   path.write_bytes(data)
   config = settings.resolve({**options, "log_every": 1}, num_styles=1, scope="video")
   frames = [inputs.prepare_content(f, 32)[0] for f in video_io.read_clip(str(path), 32).frames]
-  style = inputs.load_painting(os.path.join(folder, "style.png"), config, keep_alpha=False)
+  (tmp_path / "painting.png").write_bytes(png_bytes(1))  # The uploaded painting, read as the command reads it.
+  style = inputs.load_painting(str(tmp_path / "painting.png"), config, keep_alpha=False)
   expected = video.run_video(frames, [style], config, weights=WEIGHTS).frames
   video_io.write_video(str(tmp_path / "library.mp4"), expected, FPS)
   library = _mp4_info((tmp_path / "library.mp4").read_bytes())["frames"]
@@ -177,7 +178,7 @@ def test_bad_clips_and_fields(idle_app, tmp_path):
   job = ok.json()
   assert job["options"]["steps"] == "100" and job["kind"] == "video"  # The server's default steps per frame.
   folder = idle_app.state.store.job_dir(job["id"])
-  assert sorted(os.listdir(folder)) == ["audio.m4a", "clip.json", "content.png", "frames", "style.png"]
+  assert sorted(os.listdir(folder)) == ["audio.m4a", "clip.json", "content.png", "frames", "style.npy", "style.png"]
   assert len(os.listdir(os.path.join(folder, "frames"))) == 4  # Decoded frames; never the uploaded bytes.
   part = post(_files(), {"max_size": 32, "start": str(1 / FPS), "frames": "2"})  # The command's names.
   assert part.status_code == 201, part.text

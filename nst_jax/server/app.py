@@ -1,11 +1,12 @@
-"""The FastAPI application: the page, the JSON API, the progress stream, uploads and their limits.
+"""The FastAPI application's routes: the page, the JSON API, the progress stream and the job files. What the
+server accepts lives in `limits`, how a form becomes a stored job in `submit`.
 
     app = create_app(data_dir="nst-jax-data", weights=weights_lib.load_vgg19("random"))
 
 API (schema at /openapi.json, interactive docs at /docs): `POST /api/jobs` (multipart: `content` image or
-`video` clip, `style` image + options) -> job; `GET /api/jobs` (this browser's jobs); `GET /api/jobs/{id}`;
-`GET /api/jobs/{id}/events` (server-sent events); `GET /api/jobs/{id}/preview`, `/result`,
-`/input/{content|style}`; `POST /api/jobs/{id}/cancel`; `DELETE /api/jobs/{id}`.
+`video` clip, `style` images (repeated) + options) -> job; `GET /api/jobs` (this browser's jobs);
+`GET /api/jobs/{id}`; `GET /api/jobs/{id}/events` (server-sent events); `GET /api/jobs/{id}/preview`,
+`/result`, `/input/{content|style|style2...}`; `POST /api/jobs/{id}/cancel`; `DELETE /api/jobs/{id}`.
 
 Each browser gets a random token in an HttpOnly, SameSite=Strict cookie (API clients may send it in the
 `X-NST-Client` header instead); jobs are stored under a hash of it and other browsers get 404.
@@ -14,7 +15,6 @@ Each browser gets a random token in an HttpOnly, SameSite=Strict cookie (API cli
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import json
@@ -23,20 +23,21 @@ import re
 import secrets
 import threading
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from nst_jax import __version__, cost, engine as engine_lib, inputs, optimize, settings, tiles
+from nst_jax import __version__, cost, optimize, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.configs import presets
-from nst_jax.server import submit as submit_lib
-from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, new_job_id, progress_figures, valid_job_id
-from nst_jax.server.submit import DEFAULT_VIDEO_STEPS, Limits, SubmitError, page_defaults
+from nst_jax.server import limits as limits_lib, submit as submit_lib
+from nst_jax.server.jobs import ACTIVE, TERMINAL, JobStore, progress_figures, valid_job_id
+from nst_jax.server.limits import DEFAULT_MAX_PIXELS, BodyLimit, Limits, RateLimiter
+from nst_jax.server.submit import DEFAULT_VIDEO_STEPS, SubmitError, page_defaults
 from nst_jax.server import worker as worker_lib
 from nst_jax.server.worker import VIDEO_RESULT, Worker
 
@@ -44,8 +45,6 @@ STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 COOKIE = "nst_client"
 HEADER = "X-NST-Client"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-# Decoded-pixel limit for uploads (decompression bombs): 40 megapixels.
-DEFAULT_MAX_PIXELS = 40_000_000
 ACCELERATOR_MAX_BATCH = 4  # Jobs per vmapped step with a GPU or TPU (1 on a CPU: `default_max_batch`).
 # media-src: the chosen clip plays from a blob: URL before upload, the result video from this server.
 _SECURITY_HEADERS = {
@@ -86,84 +85,12 @@ class JobView(BaseModel):
   download_url: str | None
   content_url: str
   style_url: str
-  style2_url: str | None
+  style2_url: str | None  # Deprecated with the style2 field: style_urls[1].
+  style_urls: list[str]  # Each painting as the job uses it, in order.
   frames: int  # A video: frames to stylise over all passes (0 for a picture).
   frame: int  # A video: frames finished so far (over all passes).
   temporal_error: float | None  # A finished video's flicker: mean of flow.temporal_error over its frames.
-
-
-class RateLimiter:
-  """At most `per_minute` events per key in any 60 s window (0 = unlimited)."""
-
-  def __init__(self, per_minute: int):
-    self.per_minute = per_minute
-    self._hits: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-    self._lock = threading.Lock()
-
-  def retry_after(self, key: str) -> float | None:
-    """Records a hit; returns the seconds to wait if it is over the limit (and then does not count it)."""
-    if self.per_minute <= 0:
-      return None
-    now = time.monotonic()
-    with self._lock:
-      if len(self._hits) > 10_000:  # Forget idle clients.
-        for stale in [k for k, v in self._hits.items() if not v or now - v[-1] >= 60.0]:
-          del self._hits[stale]
-      hits = self._hits[key]
-      while hits and now - hits[0] >= 60.0:
-        hits.popleft()
-      if len(hits) >= self.per_minute:
-        return 60.0 - (now - hits[0])
-      hits.append(now)
-    return None
-
-
-class BodyLimit:
-  """ASGI middleware: request bodies over `max_bytes` get 413 (by Content-Length, or while streaming)."""
-
-  def __init__(self, app, max_bytes: int):
-    self.app = app
-    self.max_bytes = max_bytes
-
-  async def __call__(self, scope, receive, send):
-    if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-      return await self.app(scope, receive, send)
-    headers = dict(scope["headers"])
-    length = headers.get(b"content-length")
-    if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-      return await _send_error(send, 413, f"upload too large: the limit is {self.max_bytes / 1e6:g} MB")
-    received, too_large, replaced = 0, False, False
-    message = f"upload too large: the limit is {self.max_bytes / 1e6:g} MB"
-
-    async def limited_receive():
-      nonlocal received, too_large
-      event = await receive()
-      if event["type"] == "http.request":
-        received += len(event.get("body", b""))
-        if received > self.max_bytes:  # A body without Content-Length (chunked) grew too large.
-          too_large = True
-          raise HTTPException(413, message)
-      return event
-
-    async def checked_send(event):
-      # The form parser may turn the error above into a 400; the client gets the 413 instead.
-      nonlocal replaced
-      if too_large:
-        if not replaced:
-          replaced = True
-          await _send_error(send, 413, message)
-        return
-      await send(event)
-
-    await self.app(scope, limited_receive, checked_send)
-
-
-async def _send_error(send, status: int, message: str) -> None:
-  body = json.dumps({"detail": message}).encode()
-  await send({"type": "http.response.start", "status": status,
-              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                          (b"connection", b"close")]})
-  await send({"type": "http.response.body", "body": body})
+  warnings: list[str] = []  # The submission's notes (e.g. a deprecated field name); in POST /api/jobs only.
 
 
 def default_max_batch() -> int:
@@ -173,19 +100,13 @@ def default_max_batch() -> int:
   return 1 if all(device.platform == "cpu" for device in jax.devices()) else ACCELERATOR_MAX_BATCH
 
 
-def _label(*names: str | None) -> str:
-  """A display label from the uploaded file names (shown as text only; never used as a path)."""
-  clean = [re.sub(r"[\x00-\x1f\x7f]", "", os.path.basename(n or "image"))[:100] for n in names]
-  return " + ".join(clean)
-
-
 def create_app(*, data_dir: str, weights, max_upload_mb: float = 20, max_pixels: int = DEFAULT_MAX_PIXELS,
                rate_limit: int = 10, max_size: int = 1024, max_steps: int = 2000, max_batch: int | None = None,
                checkpoint_every: float | None = 30.0, preview_every: float = 2.0, batch_wait: float = 0.5,
                event_interval: float = 0.5, start_worker: bool = True,
-               max_video_seconds: float = submit_lib.DEFAULT_MAX_VIDEO_SECONDS,
-               max_video_frames: int = submit_lib.DEFAULT_MAX_VIDEO_FRAMES,
-               max_video_pixels: int = submit_lib.DEFAULT_MAX_VIDEO_PIXELS) -> FastAPI:
+               max_video_seconds: float = limits_lib.DEFAULT_MAX_VIDEO_SECONDS,
+               max_video_frames: int = limits_lib.DEFAULT_MAX_VIDEO_FRAMES,
+               max_video_pixels: int = limits_lib.DEFAULT_MAX_VIDEO_PIXELS) -> FastAPI:
   """Builds the web app and its worker (started and stopped with the app's lifespan).
 
   Args:
@@ -269,14 +190,14 @@ def _add_page_routes(app: FastAPI, limits: Limits, max_upload_mb: float) -> None
             "max_steps": limits.max_steps, "optimizers": list(optimize.OPTIMIZERS),
             "max_upload_mb": max_upload_mb, "max_pixels": limits.max_pixels, "settings": list(settings.NAMES),
             "preserve_colors": list(settings.BY_NAME["preserve_colors"].choices), "keep_colors": True,
-            "max_styles": len(submit_lib.IMAGE_FIELDS) - 1, "region_fields": list(submit_lib.REGION_FIELDS),
+            "max_styles": None, "style_fields": list(submit_lib.REPEATED_FIELDS),
+            "region_fields": list(submit_lib.REGION_FIELDS),
             "default_video_steps": min(DEFAULT_VIDEO_STEPS, limits.max_steps),
             "max_video_seconds": limits.max_video_seconds, "max_video_frames": limits.max_video_frames,
             "max_video_pixels": limits.max_video_pixels,
             "video_modes": list(settings.BY_NAME["video_mode"].choices)}
 
 
-# Page texts of the recipes that presets.PRESET_DESCRIPTIONS does not describe.
 def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limits, limiter: RateLimiter,
                     event_interval: float) -> None:
   owned = lambda request, job_id: _owned(store, request, job_id)
@@ -299,11 +220,11 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
       raise HTTPException(429, f"too many jobs submitted: try again in {retry:.0f} s",
                           headers={"Retry-After": str(max(1, round(retry)))})
     try:
-      job = await _create_job(request, store, limits)
+      job, warnings = await submit_lib.create_job(request, store, limits)
     except SubmitError as e:
       raise HTTPException(e.status, str(e)) from None
     worker.wake()
-    return view(job)
+    return {**view(job), "warnings": warnings}
 
   estimator = _Estimator(worker)
 
@@ -313,7 +234,7 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
                         "(analytic, or this machine's recorded step times; no compile; docs/tiles-and-cost.md).")
   async def estimate(request: Request):
     try:
-      job = await _estimate_job(request, limits)
+      job = await submit_lib.estimate_job(request, limits)
     except SubmitError as e:
       raise HTTPException(e.status, str(e)) from None
     try:
@@ -334,111 +255,27 @@ class _Estimator:
     return cost.estimate(job.config, job.content.shape[:2]).as_dict()
 
 
-async def _read_form(request: Request) -> tuple[dict, dict]:
-  """The multipart form as (files, fields), or a 422."""
-  try:
-    form = await request.form()
-  except Exception:
-    raise SubmitError(422, "expected a multipart form with the files content and style") from None
-  return submit_lib.split_form(form.multi_items())
-
-
-async def _decode_images(uploads: list, limits: Limits) -> list:
-  """The photo and paintings of a form, decoded within the pixel limit (off the event loop)."""
-  images = []
-  for upload, what in zip(uploads, ("content image", "style image", "second style image")):
-    data = await upload.read()
-    images.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
-  return images
-
-
-async def _estimate_job(request: Request, limits: Limits):
-  """The engine job a submission would make (its inputs prepared as the worker prepares them)."""
-  files, fields = await _read_form(request)
-  if "video" in files:
-    raise SubmitError(422, "video: estimates are made for photos (a clip costs about its frame count times a "
-                           "photo of the frame size)")
-  uploads = [files[name] for name in submit_lib.IMAGE_FIELDS if name in files]
-  _, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
-  images = await _decode_images(uploads, limits)
-  try:
-    photo, _ = inputs.prepare_content(images[0], int(config.max_size))
-  except NstJaxError as e:
-    raise SubmitError(422, str(e)) from None
-  styles = [inputs.prepare_painting(style, config) for style in images[1:]]
-  return engine_lib.Job(content=photo, styles=styles, config=config, name="")
-
-
-async def _create_job(request: Request, store: JobStore, limits: Limits) -> dict:
-  """Parses the multipart form, validates the settings, decodes the uploads and stores a queued job."""
-  files, fields = await _read_form(request)
-  if "video" in files:
-    return await _create_video_job(request, store, limits, files, fields)
-  uploads = [files[name] for name in submit_lib.IMAGE_FIELDS if name in files]
-  options, config = submit_lib.parse_options(fields, limits, num_styles=len(uploads) - 1)
-  images = await _decode_images(uploads, limits)
-  masks = {}
-  for name in submit_lib.REGION_FIELDS + submit_lib.SOURCE_FIELDS:
-    if name in files:
-      data = await files[name].read()
-      masks[name] = await run_in_threadpool(submit_lib.decode_upload, data, name, limits.max_pixels, False)
-  job_id = new_job_id()
-  try:
-    sizes = await run_in_threadpool(submit_lib.write_inputs, store.job_dir(job_id), images[0], images[1:],
-                                    config, limits, masks)
-  except NstJaxError as e:
-    raise SubmitError(422, str(e)) from None
-  if sizes["steps"] > limits.max_steps:
-    raise SubmitError(422, f"{sizes['steps']} steps over all scales is over the limit of {limits.max_steps}")
-  return store.create(job_id=job_id, owner=request.state.owner, options=options,
-                      label=_label(*(u.filename for u in uploads)), **sizes)
-
-
-STYLE_FIELDS = ("style", "style2")
-
-
-async def _create_video_job(request: Request, store: JobStore, limits: Limits, files: dict, fields: dict) -> dict:
-  """A clip's job: settings (video ones allowed), the clip decoded within the limits, its frames stored."""
-  from nst_jax import video
-  masks = [name for name in submit_lib.REGION_FIELDS + submit_lib.SOURCE_FIELDS if name in files]
-  if masks:
-    raise SubmitError(422, f"{masks[0]}: spatial control is for photos, not clips")
-  styles = [files[name] for name in STYLE_FIELDS if name in files]
-  options, config = submit_lib.parse_options(fields, limits, num_styles=len(styles), kind="video")
-  clip, upload = await run_in_threadpool(submit_lib.read_video_upload, await files["video"].read(), limits)
-  try:
-    paintings = []
-    for upload_file, what in zip(styles, ("style image", "second style image")):
-      data = await upload_file.read()
-      paintings.append(await run_in_threadpool(submit_lib.decode_upload, data, what, limits.max_pixels))
-    job_id = new_job_id()
-    try:
-      sizes = await run_in_threadpool(submit_lib.write_video_inputs, store.job_dir(job_id), clip, upload,
-                                      paintings, config, limits)
-    except NstJaxError as e:
-      raise SubmitError(422, str(e)) from None
-  finally:
-    os.remove(upload)
-  if sizes["steps"] > limits.max_steps:
-    raise SubmitError(422, f"{sizes['steps']} steps over all scales is over the limit of {limits.max_steps}")
-  sizes["frames"] *= len(video.pass_plan(config))
-  return store.create(job_id=job_id, owner=request.state.owner, options=options, kind="video",
-                      label=_label(files["video"].filename, *(u.filename for u in styles)), **sizes)
-
-
 _SUBMIT_DESCRIPTION = (
     "Multipart form: files `content` (a photo) or `video` (a short clip: mp4, webm, mov, gif...; the "
-    "result is an mp4 at its frame rate, with its sound), `style` and optionally `style2` (a second "
-    "painting, blended by `style_blend_weights`), optional greyscale masks `style_region`, `style2_region` "
-    "(where each painting applies; one per painting; photos only) and `style_region_source`, "
-    "`style2_region_source` (docs/spatial-control.md), and any setting by its name (docs/settings.md), e.g. `preset` ("
-    + " | ".join(presets.ALL_PRESETS) + "), `max_size`, `steps`, `preserve_colors` (none | luminance | "
-    "histogram), `style_weight`, `scales`. Empty fields keep the preset's or default value; an unknown "
-    "field or a bad value is a 422 naming it.")
+    "result is an mp4 at its frame rate, with its sound), `style` (repeat it for more paintings, blended in "
+    "order by `style_blend_weights`, as the command's repeated --style), optional greyscale masks "
+    "`style_region` (repeated in the same order: where each painting applies, one per painting or none; "
+    "photos only) and `style_region_source` (which part of each painting to take the style from; an empty "
+    "field keeps that painting whole) (docs/spatial-control.md), and any setting by its name "
+    "(docs/settings.md), e.g. `preset` (" + " | ".join(presets.ALL_PRESETS) + "), `max_size`, `steps`, "
+    "`preserve_colors` (none | luminance | histogram), `style_weight`, `scales`. Empty fields keep the "
+    "preset's or default value; an unknown field or a bad value is a 422 naming it. Deprecated: `style2`, "
+    "`style2_region`, `style2_region_source` (the second painting and its masks; accepted for one release "
+    "with a note in the response's `warnings`).")
+_BINARY = {"type": "string", "format": "binary"}
 _SUBMIT_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["style"],
     "properties": {
-        **{name: {"type": "string", "format": "binary"} for name in submit_lib.FILE_FIELDS},
+        "content": _BINARY, "video": _BINARY,
+        **{name: {"type": "array", "items": _BINARY, "description": "one per painting, in order"}
+           for name in submit_lib.REPEATED_FIELDS},
+        **{name: {**_BINARY, "deprecated": True, "description": f"the second {field}: give {field} twice"}
+           for name, field in submit_lib.ALIASES.items()},
         **{name: {"type": "string", "description": settings.BY_NAME[name].help} for name in settings.NAMES},
         **{name: {"type": "string", "description": text} for name, text in settings.SHORTHANDS.items()},
     }}}}}}
@@ -491,7 +328,7 @@ def _owned(store: JobStore, request: Request, job_id: str) -> dict:
 def _view(store: JobStore, job: dict) -> dict:
   base = f"/api/jobs/{job['id']}"
   progress, eta = progress_figures(job)
-  has_style2 = os.path.exists(store.path(job["id"], "style2.png"))
+  styles = _painting_names(store, job["id"])
   return JobView(
       id=job["id"], status=job["status"], kind=job["kind"], label=job["label"], created=job["created"],
       started=job["started"], finished=job["finished"], step=job["step"], steps=job["steps"], width=job["width"],
@@ -503,8 +340,17 @@ def _view(store: JobStore, job: dict) -> dict:
       result_url=f"{base}/result" if job["status"] == "done" else None,
       download_url=f"{base}/result?download=1" if job["status"] == "done" else None,
       content_url=f"{base}/input/content", style_url=f"{base}/input/style",
-      style2_url=f"{base}/input/style2" if has_style2 else None, frames=job["frames"], frame=job["frame"],
+      style2_url=f"{base}/input/style2" if len(styles) > 1 else None,
+      style_urls=[f"{base}/input/{name}" for name in styles], frames=job["frames"], frame=job["frame"],
       temporal_error=job["temporal_error"]).model_dump()
+
+
+def _painting_names(store: JobStore, job_id: str) -> list[str]:
+  """`style`, `style2`, ...: the job's paintings as `/input/{name}` serves them."""
+  names = []
+  while os.path.exists(store.path(job_id, worker_lib.input_name("style", len(names) + 1, ".png"))):
+    names.append(worker_lib.input_name("style", len(names) + 1, ""))
+  return names
 
 
 def _add_job_views(app: FastAPI, store: JobStore, worker: Worker, owned, view, event_interval: float) -> None:
@@ -556,9 +402,9 @@ def _add_job_views(app: FastAPI, store: JobStore, worker: Worker, owned, view, e
     return _file(job_id, tiles.preview_path(worker_lib.TILE_PREVIEW_BASE, count), "image/png")
 
   @app.get("/api/jobs/{job_id}/input/{which}",
-           summary="The job's photo (a clip's first frame) or painting as uploaded (PNG; downscaled if over "
-                   "the size limit)")
-  def job_input(request: Request, job_id: str, which: Literal["content", "style", "style2"]):
+           summary="The job's photo (a clip's first frame) or painting (style, style2, style3...) as the job "
+                   "uses it (PNG, at the job's size)")
+  def job_input(request: Request, job_id: str, which: Annotated[str, Path(pattern=r"^(content|style[0-9]{0,3})$")]):
     owned(request, job_id)
     return _file(job_id, f"{which}.png", "image/png")
 

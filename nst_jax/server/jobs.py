@@ -4,13 +4,14 @@ Statuses: queued -> running -> done | failed | cancelled (running -> queued agai
 or the server restarts; the job then continues from its last checkpoint). Each thread gets its own
 connection; WAL lets the web handlers read while the worker writes.
 
-Files of job `id` live in `data_dir/jobs/<id>/`: `content.png`, `style.png`, `style2.png` (decoded inputs;
-the uploaded bytes and file names are never written), `preview.jpg`, `result.png`, `checkpoints/` (the
-engine's orbax checkpoints; removed when the job is done or cancelled). A video job (`kind` 'video') has
-instead of a photo `frames/frame_00001.png`... (the decoded clip; `content.png` is its first frame),
-`clip.json` (frame rate), `audio.m4a` (its sound re-encoded, if any), `run/` (the `run_video` workdir: flow,
-per-frame checkpoints and finished frames; removed when done or cancelled) and `result.mp4`. Job ids come
-from `secrets.token_urlsafe`, never from user input.
+Files of job `id` live in `data_dir/jobs/<id>/`: `content.npy`, `style.npy`, `style2.npy`... and the masks
+(the prepared float32 inputs the job runs from: `worker.input_name`), `content.png`, `style.png`... (8-bit
+copies for the page; the uploaded bytes and file names are never written), `preview.jpg`, `result.png`,
+`checkpoints/` (the engine's orbax checkpoints; removed when the job is done or cancelled). A video job
+(`kind` 'video') has instead of a photo `frames/frame_00001.png`... (the decoded clip; `content.png` is its
+first frame), `clip.json` (frame rate), `audio.m4a` (its sound re-encoded, if any), `run/` (the `run_video`
+workdir: flow, per-frame checkpoints and finished frames; removed when done or cancelled) and `result.mp4`.
+Job ids come from `secrets.token_urlsafe`, never from user input.
 
 Progress: `step` / `steps` count the steps of the running job (for a video: of the frame being stylised);
 `frame` / `frames` count a video's finished frames over all passes; `progress` is the share of the whole job

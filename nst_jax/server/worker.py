@@ -29,16 +29,13 @@ import traceback
 import ml_collections
 import numpy as np
 
-from nst_jax import color, engine, image_io, inputs, settings, tiles
+from nst_jax import color, engine, image_io, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.server.jobs import JobStore
 
 log = logging.getLogger("nst_jax.server")
 
-STYLE_FILES = ("style.png", "style2.png")
 FRAMES_DIR, CLIP_FILE, AUDIO_FILE, VIDEO_RESULT = "frames", "clip.json", "audio.m4a", "result.mp4"
-REGION_FILES = ("style_region.png", "style2_region.png")
-SOURCE_FILES = ("style_region_source.png", "style2_region_source.png")
 TILE_PREVIEW_BASE = "tile.png"  # A job's mosaic (tile_preview N) is tile.tileNxN.png in its folder.
 LOG_POINTS = 60  # Loss points per job when the job does not set log_every.
 VIDEO_CHECKPOINT_STEPS = 50  # A video frame's checkpoint every this many steps (and at its end and at stops).
@@ -53,30 +50,52 @@ def job_config(options: dict, num_styles: int | None = None, kind: str = "image"
   return config
 
 
-def style_paths(store: JobStore, job_id: str) -> list[str]:
-  paths = [store.path(job_id, name) for name in STYLE_FILES]
-  return [p for p in paths if os.path.exists(p)]
+def input_name(field: str, index: int = 1, ext: str = ".npy") -> str:
+  """A job's input file: `content.npy`, `style.npy`, `style2.npy`..., `style_region.npy`, `style2_region.npy`,
+  `style2_region_source.npy`... (painting `index`, from 1). `.npy`: the float32 arrays the job runs from, as
+  `inputs.prepare_job` made them at submission (lossless: never re-encoded, never resized again); `.png`: the
+  8-bit copies the page shows (`/api/jobs/{id}/input/...`)."""
+  head, _, tail = field.partition("_")
+  return f"{head}{index if index > 1 else ''}{'_' + tail if tail else ''}{ext}"
+
+
+def input_arrays(folder: str, field: str, count: int | None = None) -> list[np.ndarray | None]:
+  """The stored arrays of `field` in painting order: all there are, or `count` of them with None where one
+  is missing."""
+  found, index = [], 1
+  while count is None or index <= count:
+    path = os.path.join(folder, input_name(field, index))
+    if not os.path.exists(path):
+      if count is None:
+        break
+      found.append(None)
+    else:
+      found.append(np.load(path, allow_pickle=False))
+    index += 1
+  return found
 
 
 def load_job(store: JobStore, job: dict) -> engine.Job:
-  """The engine job of a stored job: its inputs prepared as the command prepares files (`inputs.load_job`)."""
-  styles = style_paths(store, job["id"])
+  """The engine job of a stored job: the photo, paintings and masks `submit` prepared and stored (no decoding,
+  no resizing: they are the arrays the command would make of the same files)."""
+  folder = store.job_dir(job["id"])
+  if not os.path.exists(os.path.join(folder, input_name("content"))):
+    raise NstJaxError("this job's inputs were stored by an older version of the server: submit it again")
+  styles = input_arrays(folder, "style")
   config = job_config(job["options"], len(styles))
   masks = {}
-  for name, files in (("style_regions", REGION_FILES), ("style_region_sources", SOURCE_FILES)):
-    paths = [store.path(job["id"], f) for f in files[:len(styles)]]
-    paths = [p if os.path.exists(p) else None for p in paths]
-    masks[name] = paths if any(paths) else None
-  loaded, _ = inputs.load_job(store.path(job["id"], "content.png"), styles, config, name=job["id"],
-                              checkpoint_dir=store.checkpoint_dir(job["id"]), **masks)
-  return loaded
+  for name, field in (("regions", "style_region"), ("region_sources", "style_region_source")):
+    arrays = input_arrays(folder, field, len(styles))
+    masks[name] = arrays if any(a is not None for a in arrays) else None
+  return engine.Job(content=np.load(os.path.join(folder, input_name("content")), allow_pickle=False), styles=styles,
+                    config=config, name=job["id"], checkpoint_dir=store.checkpoint_dir(job["id"]), **masks)
 
 
 def load_video(store: JobStore, job: dict) -> tuple[list[np.ndarray], list[np.ndarray], ml_collections.ConfigDict,
                                                      float]:
   """`(frames, styles, config, fps)` of a stored video job, prepared as `nst-jax video` prepares a clip."""
   from nst_jax import video, video_io
-  styles = style_paths(store, job["id"])
+  styles = input_arrays(store.job_dir(job["id"]), "style")  # Prepared at submission (`submit`).
   config = job_config(job["options"], len(styles), kind="video")
   with open(store.path(job["id"], CLIP_FILE), encoding="utf-8") as f:
     fps = float(json.load(f)["fps"])
@@ -84,8 +103,7 @@ def load_video(store: JobStore, job: dict) -> tuple[list[np.ndarray], list[np.nd
   clip = video_io.read_clip(store.path(job["id"], FRAMES_DIR), int(config.max_size),
                             selection=video_io.Selection(fps=fps))
   frames, _ = video.prepare_frames(clip.frames, int(config.max_size))
-  paintings = [inputs.load_painting(path, config, keep_alpha=False) for path in styles]
-  return frames, paintings, config, fps
+  return frames, styles, config, fps
 
 
 class Worker:

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = "nst-jax-jobs";
 const state = {
-  config: null, files: { content: null, video: null, style: null, style2: null }, jobId: null, source: null,
+  config: null, files: { content: null, video: null, style: null, more: [] }, jobId: null, source: null,
   losses: new Map(), historyTimer: null,
 };
 
@@ -60,8 +60,8 @@ function setFile(which, file) {
     state.files.content = clip ? null : file;
     state.files.video = clip ? file : null;
     $("clip-options").hidden = !clip;
-  } else {
-    state.files[which] = file;
+  } else if (which === "style") {
+    state.files.style = file;
   }
   const thumb = $(which + "-thumb");
   if (thumb.dataset.url) URL.revokeObjectURL(thumb.dataset.url);
@@ -75,16 +75,25 @@ function setFile(which, file) {
   if (!clip) thumb.src = thumb.dataset.url;
   $(which + "-name").textContent = file.name;
   $("form-error").textContent = "";
-  if (which === "style2") showSecondPainting(true);
+}
+
+function setMorePaintings(files) {
+  // The paintings after the first (any number): sent as more `style` fields, in the order chosen.
+  const images = files.filter((f) => !isClip(f));
+  if (!images.length) return;
+  setFile("style2", images[0]);
+  state.files.more = images;
+  $("style2-name").textContent = images.map((f) => f.name).join(", ");
+  showSecondPainting(true);
 }
 
 function showSecondPainting(chosen) {
-  $("opt-blend").disabled = !chosen;  // The blend share means something only with a second painting.
+  $("opt-blend").disabled = !chosen;  // The blend share means something only with more paintings.
   $("style2-clear").hidden = !chosen;
 }
 
 function clearSecondPainting() {
-  state.files.style2 = null;
+  state.files.more = [];
   const thumb = $("style2-thumb");
   if (thumb.dataset.url) URL.revokeObjectURL(thumb.dataset.url);
   delete thumb.dataset.url;
@@ -98,14 +107,15 @@ function clearSecondPainting() {
 function setUpDrop(which) {
   const drop = $(which + "-drop");
   const input = $(which + "-input");
-  input.addEventListener("change", () => setFile(which, input.files[0]));
+  const choose = (files) => which === "style2" ? setMorePaintings(Array.from(files)) : setFile(which, files[0]);
+  input.addEventListener("change", () => choose(input.files));
   ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
     e.preventDefault(); drop.classList.add("over");
   }));
   ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
-    if (e.dataTransfer && e.dataTransfer.files.length) setFile(which, e.dataTransfer.files[0]);
+    if (e.dataTransfer && e.dataTransfer.files.length) choose(e.dataTransfer.files);
   });
 }
 
@@ -177,10 +187,12 @@ async function formData() {
     data.append("content", state.files.content, state.files.content.name);
   }
   data.append("style", state.files.style, state.files.style.name);
-  if (state.files.style2) {
-    data.append("style2", state.files.style2, state.files.style2.name);
+  const more = state.files.more;
+  more.forEach((file) => data.append("style", file, file.name));  // Repeated, in order (as --style).
+  if (more.length) {
     const share = Math.min(100, Math.max(0, Number($("opt-blend").value) || 0));
-    data.append("style_blend_weights", (100 - share) + "," + share);
+    const each = Math.round(share / more.length * 1000) / 1000;
+    data.append("style_blend_weights", [100 - share].concat(more.map(() => each)).join(","));
   }
   data.append("preserve_colors", $("opt-preserve-colors").value);
   if ($("opt-region").value) {
@@ -266,13 +278,15 @@ function maskBlob(width, height, rect, inside) {
 }
 
 async function appendRegions(data) {
-  // The painting's region (and the rest for a second painting), drawn at the photo's aspect ratio.
+  // The first painting's region (and the rest for each other painting), drawn at the photo's aspect ratio.
   const bitmap = await createImageBitmap(state.files.content);
   const scale = Math.min(1, 512 / Math.max(bitmap.width, bitmap.height));
   const width = Math.max(1, Math.round(bitmap.width * scale)), height = Math.max(1, Math.round(bitmap.height * scale));
   const rect = regionRect();
   data.append("style_region", await maskBlob(width, height, rect, true), "region.png");
-  if (state.files.style2) data.append("style2_region", await maskBlob(width, height, rect, false), "region2.png");
+  for (let i = 0; i < state.files.more.length; i++) {  // One style_region per painting, in the same order.
+    data.append("style_region", await maskBlob(width, height, rect, false), "region" + (i + 2) + ".png");
+  }
 }
 
 function showRegionOptions() {

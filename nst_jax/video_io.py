@@ -79,23 +79,22 @@ class Selection:
   fps: float | None = None
 
   @classmethod
-  def from_config(cls, config) -> "Selection":
+  def from_config(cls, config) -> Selection:
     """The selection of a resolved video config (`settings.resolve(..., scope="video")`)."""
-    get = lambda name: config.get(name) if name in config else None  # noqa: E731 (older configs lack them)
-    duration, frames, fps = get("duration"), get("frames"), get("fps")
-    return cls(start=float(get("start") or 0.0), duration=None if duration is None else float(duration),
+    duration, frames, fps = config.get("duration"), config.get("frames"), config.get("fps")
+    return cls(start=float(config.get("start") or 0.0), duration=None if duration is None else float(duration),
                frames=None if frames is None else int(frames), fps=None if fps is None else float(fps))
 
   def first(self, fps: float) -> int:
     """Index of the first frame kept at `fps`."""
-    return int(math.ceil(self.start * fps - 1e-6))
+    return math.ceil(self.start * fps - 1e-6)
 
   def stop(self, fps: float) -> int | None:
     """Index after the last frame kept at `fps` (None: to the end)."""
     if self.frames is not None:
       return self.first(fps) + self.frames
     if self.duration is not None:
-      return self.first(fps) + max(1, int(round(self.duration * fps)))
+      return self.first(fps) + max(1, round(self.duration * fps))
     return None
 
 
@@ -233,7 +232,7 @@ def _read_file(path: str, max_size: int | None, max_frames: int, max_seconds: fl
       raise ClipTooLarge(f"{path}: {stream.frames} frames is over the limit of {max_frames}")
     fps = _stream_fps(stream)
     first, stop = selection.first(fps), selection.stop(fps)
-    frames, index, first_shape = [], 0, None
+    frames, first_shape = [], None
     try:
       for index, frame in enumerate(container.decode(stream)):
         if stop is not None and index >= stop:  # The selection ends here: the rest is not decoded.

@@ -191,7 +191,9 @@ def masked_residuals(weights, cfg, frame, style, image, mask) -> tuple[float, fl
   content term weighted by the mask at each content layer, and the style term of the guided Gram matrix of
   the masked positions, weighted by their share (`losses.style_layer_loss` with a mask)."""
   import dataclasses
+
   import jax.numpy as jnp
+
   from nst_jax import losses, optimize, vgg
   spec = dataclasses.replace(optimize.loss_spec_from_config(cfg), loss_normalization="invariant")
   targets = optimize.make_targets(weights, spec, frame, [style], content_weight=1.0, style_weight=1.0,

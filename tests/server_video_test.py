@@ -185,7 +185,8 @@ def test_bad_clips_and_fields(idle_app, tmp_path):
   assert part.json()["frames"] == 2 and part.json()["options"]["frames"] == "2"
   stored = idle_app.state.store.job_dir(part.json()["id"])
   assert len(os.listdir(os.path.join(stored, "frames"))) == 2
-  assert json.load(open(os.path.join(stored, "clip.json")))["start"] == pytest.approx(1 / FPS)
+  with open(os.path.join(stored, "clip.json"), encoding="utf-8") as f:
+    assert json.load(f)["start"] == pytest.approx(1 / FPS)
   _error(post(_files(), {"max_size": 32, "start": "10"}), 422, "start 10 s is past the end of video")
   _error(post(_files(), {"max_size": 32, "frames": "0"}), 422, "frames must be >= 1")
   _error(post(_files(), {"max_size": 32, "fps": "10"}), 422, "fps is for a folder of frames")

@@ -1,15 +1,18 @@
 """The checks of spatial control (docs/spatial-control.md), printed as figures, and the docs figure.
 
-    python scripts/check_regions.py --weights random --max_size 128 --figure docs/images/spatial-control.jpg
+    python scripts/check_regions.py --weights random --max_size 128 --preset quality \
+        --figure docs/images/spatial-control.jpg
+    python scripts/check_regions.py --max_size 256 --checks 1 --noplain --optimizer lbfgs
 
 1. One painting, region = left half: the mean absolute change from the photo right of the middle (8 px
    away from the middle and the edges) over the same left of it; target <= 1/4. The left half is compared
-   with the run without regions (its change, and how far the two results differ there).
+   with the run without regions (its change, and how far the two results differ there; `--noplain` skips
+   that run), and its last 8 columns before the middle (the seam) with its interior.
 2. Two paintings, one per half: each half's Gram distance (VGG features of that half alone) to its own
    painting over its distance to the other painting; target <= 1/2.
 
-Each run is one engine job with the given preset (default `quality`: preconditioned L-BFGS from the photo
-recoloured, in each region, to its painting). Prints `uptime` with the figures (the machine is shared).
+Each run is one engine job with the default settings, or `--preset` and `--optimizer`. Prints `uptime`
+with the figures (the machine is shared).
 """
 
 from __future__ import annotations

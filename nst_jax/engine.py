@@ -315,8 +315,10 @@ class JobRun:
     return self.offsets[self.stage_index] + self.local_step
 
   def image(self) -> np.ndarray:
-    """The current image `[h, w, 3]` at the current stage (colours not finished)."""
-    return np.asarray(jax.device_get(self.state.image))
+    """The current picture `[h, w, 3]` at the current stage (colours not finished; with regions the photo
+    where they do not cover it, `optimize.picture`)."""
+    image, coverage, photo = jax.device_get((self.state.image, self.targets.coverage, self.targets.photo))
+    return np.asarray(optimize.picture(np.asarray(image), coverage, photo), np.float32)
 
   def final_image(self) -> np.ndarray:
     """The result: colours finished, and the content's alpha put back unchanged (RGBA) if it has one."""
@@ -543,7 +545,7 @@ class Engine:
     state = mesh_lib.shard_batch(mesh_lib.stack([run.state for run in padded]), self.mesh)
     targets = mesh_lib.shard_batch(mesh_lib.stack([run.targets for run in padded]), self.mesh)
     budget = mesh_lib.shard_batch(budgets, self.mesh)
-    view = BatchView(state)
+    view = BatchView(state, targets)
     begin = last_log = time.perf_counter()
     for run in runs:
       run.clock = begin
@@ -621,17 +623,23 @@ class StepEvent:
 
 
 class BatchView:
-  """The batched state of a bucket, copied to the host at most once per step and sliced per item."""
+  """The batched state of a bucket, copied to the host at most once per step and sliced per item; its
+  pictures are `optimize.picture` of the images under the batch's `targets` (regions)."""
 
-  def __init__(self, state: optimize.StylizeState):
+  def __init__(self, state: optimize.StylizeState, targets: optimize.Targets | None = None):
+    self._regions = None
+    if targets is not None and targets.coverage is not None:
+      self._regions = mesh_lib.to_host((targets.coverage, targets.photo))
     self.update(state)
 
   def update(self, state: optimize.StylizeState) -> None:
     self.state, self._images, self._host = state, None, None
 
   def host_images(self) -> np.ndarray:
+    """The pictures `[B, h, w, 3]`."""
     if self._images is None:
-      self._images = np.asarray(mesh_lib.to_host(self.state.image))
+      images = np.asarray(mesh_lib.to_host(self.state.image))
+      self._images = images if self._regions is None else optimize.picture(images, *self._regions)
     return self._images
 
   def item_state(self, i: int) -> optimize.StylizeState:

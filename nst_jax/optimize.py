@@ -62,6 +62,9 @@ class Targets:
       resolution; `style_grams` are then `{layer: [R, C, C]}`, one guided Gram per region.
     region_weights: `[R]` weight of each region's style term (None without regions).
     content_masks: `{layer: [h, w]}` per-position content weight (None: 1 everywhere).
+    coverage, photo: with regions (None otherwise): the regions' coverage `[H, W]` (their sum clipped to 1)
+      and the photo `[H, W, 3]`. The picture is then `picture(image, coverage, photo)`: the optimised image
+      shows only where the regions cover it, so uncovered pixels are the photo whatever the optimizer.
     temporal_images, temporal_masks, temporal_weight: video only (None otherwise): earlier outputs warped
       into this frame `[K, H, W, 3]`, their reliability masks `[K, H, W]` (disjoint, nearer first) and the
       scalar weight of `losses.temporal_loss`; K = `LossSpec.temporal_frames`.
@@ -75,6 +78,8 @@ class Targets:
   style_masks: dict | None = None
   region_weights: jax.Array | None = None
   content_masks: dict | None = None
+  coverage: jax.Array | None = None
+  photo: jax.Array | None = None
   temporal_images: jax.Array | None = None
   temporal_masks: jax.Array | None = None
   temporal_weight: jax.Array | None = None
@@ -82,7 +87,8 @@ class Targets:
 
 @struct.dataclass
 class StylizeState:
-  """Everything that changes during a run (checkpointed as a whole)."""
+  """Everything that changes during a run (checkpointed as a whole). With regions `image` is what the
+  optimizer moves, not the picture: `picture(image, targets.coverage, targets.photo)` is."""
   image: jax.Array  # [H, W, 3] in [0, 1]
   opt_state: PyTree
   step: jax.Array  # int32 scalar
@@ -171,7 +177,7 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
   if regions is not None:
     if any(np.shape(r) != content.shape[:2] for r in regions):
       raise NstJaxError(f"style regions {[np.shape(r) for r in regions]} do not fit the output {content.shape[:2]}")
-    return make_region_targets(weights, spec, content_features, styles, regions, region_sources,
+    return make_region_targets(weights, spec, content_features, styles, regions, region_sources, photo=content,
                                region_weights=blend * len(styles), content_weight=content_weight,
                                style_weight=style_weight, tv_weight=tv_weight,
                                outside_content_weight=outside_content_weight, alpha=alpha)
@@ -192,25 +198,45 @@ def make_targets(weights: vgg.VGGWeights, spec: LossSpec, content: jax.typing.Ar
       tv_weight=jnp.float32(tv_weight))
 
 
+def region_coverage(regions: Sequence[np.ndarray]) -> np.ndarray:
+  """`[H, W]` how much the regions `[R, H, W]` cover each pixel: their sum clipped to 1."""
+  return np.clip(np.sum(np.asarray(regions, np.float32), axis=0), 0.0, 1.0)
+
+
 def content_weight_map(regions: Sequence[np.ndarray], outside_content_weight: float) -> np.ndarray:
   """`[H, W]` content weight: 1 where the regions cover the picture, `outside_content_weight` where none does
-  (linear in between: coverage = the regions' sum clipped to 1)."""
-  coverage = np.clip(np.sum(np.asarray(regions, np.float32), axis=0), 0.0, 1.0)
+  (linear in between in the coverage, `region_coverage`)."""
+  coverage = region_coverage(regions)
   return (coverage + float(outside_content_weight) * (1.0 - coverage)).astype(np.float32)
+
+
+def picture(image, coverage, photo):
+  """The picture of an optimised `image` `[..., H, W, 3]` under regions: `(1 - c) * photo + c * image`.
+
+  c = the regions' `coverage` `[..., H, W]` (None: no regions, `image` itself). Uncovered pixels are the
+  photo exactly and get no gradient, so no optimizer can move them: Adam normalises each pixel's gradient,
+  so a small content gradient there would still get a full step, and a loss weight alone cannot hold them
+  (docs/spatial-control.md). A soft edge shows a share c of the change. Works on numpy and jax arrays.
+  """
+  if coverage is None:
+    return image
+  coverage = coverage[..., None]
+  return (1.0 - coverage) * photo + coverage * image
 
 
 def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_features: dict,
                         styles: Sequence[jax.typing.ArrayLike], regions: Sequence[jax.typing.ArrayLike],
-                        region_sources: Sequence[jax.typing.ArrayLike | None] | None, *, region_weights,
-                        content_weight: float, style_weight: float, tv_weight: float,
+                        region_sources: Sequence[jax.typing.ArrayLike | None] | None, *, photo: jax.typing.ArrayLike,
+                        region_weights, content_weight: float, style_weight: float, tv_weight: float,
                         outside_content_weight: float, alpha: np.ndarray | None = None) -> Targets:
   """Targets with spatial control (Gatys et al. 2017): style i applies inside `regions[i]`.
 
   Style i's target at each layer is the guided Gram matrix of its features under `region_sources[i]` (a
   mask at the painting's size; None = the whole painting), scaled to the output's positions as in
   `make_targets`. The output's regions are pooled to each layer (`losses.downsample_mask`); the content
-  loss is weighted per position by `content_weight_map` so that uncovered pixels keep the photo. `alpha`
-  (None: opaque) multiplies the regions and that map: transparent pixels take part in neither loss.
+  loss is weighted per position by `content_weight_map`. `photo` `[H, W, 3]` and the regions' coverage are
+  what `picture` shows where no region covers the image. `alpha` (None: opaque) multiplies the regions and
+  the weight map: transparent pixels take part in neither loss.
   """
   if len(regions) != len(styles):
     raise NstJaxError(f"{len(regions)} style region(s) for {len(styles)} style image(s)")
@@ -230,6 +256,7 @@ def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_feature
       mask = jnp.ones(f.shape[:2]) if source is None else losses.downsample_mask(jnp.asarray(source), name)
       grams[name].append(losses.guided_gram_matrix(f, mask) * (out_positions / (f.shape[0] * f.shape[1])))
   regions = np.asarray(regions, np.float32)  # [R, H, W]
+  coverage = region_coverage(regions)
   weight_map = content_weight_map(regions, outside_content_weight)
   content_scale = {}
   if alpha is not None:
@@ -247,7 +274,8 @@ def make_region_targets(weights: vgg.VGGWeights, spec: LossSpec, content_feature
       style_masks=masks,
       region_weights=jnp.asarray(region_weights, jnp.float32),
       content_masks={name: losses.downsample_mask(weight_map, name) * content_scale.get(name, 1.0)
-                     for name in spec.content_layers})
+                     for name in spec.content_layers},
+      coverage=jnp.asarray(coverage), photo=jnp.asarray(photo, jnp.float32))
 
 
 def _visible_scales(spec: LossSpec, alpha: np.ndarray, content_features: dict) -> dict:
@@ -314,6 +342,7 @@ def make_loss_fn(spec: LossSpec) -> Callable[..., tuple[jax.Array, dict]]:
 
   def loss_fn(image, targets: Targets, weights: vgg.VGGWeights):
     norm = spec.loss_normalization
+    image = picture(image, targets.coverage, targets.photo)
     features = vgg.extract_features(weights, image, spec.all_layers, pooling=spec.pooling, remat=spec.remat,
                                     circular=spec.tile)
     content_masks = targets.content_masks or {}
@@ -381,7 +410,9 @@ def make_step(spec: LossSpec, optimizer: optax.GradientTransformation, *, linese
   With a line search (L-BFGS) the loss and gradient at the current image come from the optimizer state
   (`optax.value_and_grad_from_state`), so an iteration costs one gradient evaluation when the first trial
   step is accepted. Clipping to [0, 1] after the update leaves that cache describing the unclipped point;
-  the difference is confined to saturated pixels and is corrected by the next line search.
+  the difference is confined to saturated pixels and is corrected by the next line search. With regions,
+  pixels that no region covers are reset to the photo (the loss does not see them: `picture`), so the
+  optimised image is the picture there whatever the optimizer (a preconditioner spreads its steps).
   """
   loss_fn = make_loss_fn(spec)
 
@@ -395,6 +426,8 @@ def make_step(spec: LossSpec, optimizer: optax.GradientTransformation, *, linese
       value, grad = jax.value_and_grad(value_fn)(state.image)
       updates, opt_state = optimizer.update(grad, state.opt_state, state.image)
     image = jnp.clip(optax.apply_updates(state.image, updates), 0.0, 1.0)
+    if targets.coverage is not None:
+      image = jnp.where(targets.coverage[..., None] > 0, image, targets.photo)
     return StylizeState(image=image, opt_state=opt_state, step=state.step + 1), value
 
   return step
@@ -429,20 +462,21 @@ def init_image(kind: str, content: np.ndarray, style: np.ndarray | Sequence[np.n
 
 def region_init_image(kind: str, content: np.ndarray, styles: Sequence[np.ndarray], regions: Sequence[np.ndarray],
                       *, seed: int = 0) -> np.ndarray:
-  """The starting image with spatial control: `init_image` of each painting inside its region, the photo
-  where no region covers it (so uncovered pixels start, and stay, as the photo).
+  """The starting optimised image with spatial control: `init_image` of each painting inside its region, the
+  photo where no region covers it; its `picture` (the photo outside, a soft edge's share inside) is the
+  first picture.
 
   Regions that overlap share a pixel in proportion to their masks. Kinds that do not depend on the
-  painting (`content`, `noise`) are `init_image`'s.
+  painting (`content`, `noise`) are `init_image`'s inside the regions.
   """
-  if kind in ("content", "noise"):
-    return init_image(kind, content, styles, seed=seed)
   masks = np.asarray(regions, np.float32)[..., None]  # [R, H, W, 1]
   total = masks.sum(axis=0)
-  shares = masks / np.maximum(total, 1.0)
-  start = (1.0 - np.minimum(total, 1.0)) * np.asarray(content, np.float32)
-  for share, style in zip(shares, styles):
-    start = start + share * init_image(kind, content, [style], seed=seed)
+  if kind in ("content", "noise"):  # The same for every painting.
+    inits = [init_image(kind, content, styles, seed=seed)] * len(styles)
+  else:
+    inits = [init_image(kind, content, [style], seed=seed) for style in styles]
+  mixed = sum(m * x for m, x in zip(masks, inits)) / np.maximum(total, 1e-12)
+  start = np.where(total > 0, mixed, np.asarray(content, np.float32))
   return np.clip(start, 0.0, 1.0).astype(np.float32)
 
 

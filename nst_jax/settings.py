@@ -80,7 +80,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("style_weight", "float", "beta: weight of the style loss"),
     Setting("tv_weight", "float", "theta: weight of the total-variation loss"),
     Setting("outside_content_weight", "float", "with style regions: content weight multiplier where no region "
-            "covers the photo (larger keeps it more strictly; docs/spatial-control.md)"),
+            "covers the photo; those pixels stay the photo anyway, this keeps its features at a region's edge "
+            "(docs/spatial-control.md)"),
     Setting("tv_kind", "str", "total variation: squared (l2) or absolute (l1) neighbour differences",
             losses.TV_KINDS),
     Setting("loss_normalization", "str", "how each loss term is scaled: Gatys et al.'s formulas, the TensorFlow "

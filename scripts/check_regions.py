@@ -1,15 +1,18 @@
 """The checks of spatial control (docs/spatial-control.md), printed as figures, and the docs figure.
 
-    python scripts/check_regions.py --weights random --max_size 128 --figure docs/images/spatial-control.jpg
+    python scripts/check_regions.py --weights random --max_size 128 --preset quality \
+        --figure docs/images/spatial-control.jpg
+    python scripts/check_regions.py --max_size 256 --checks 1 --noplain --optimizer lbfgs
 
 1. One painting, region = left half: the mean absolute change from the photo right of the middle (8 px
    away from the middle and the edges) over the same left of it; target <= 1/4. The left half is compared
-   with the run without regions (its change, and how far the two results differ there).
+   with the run without regions (its change, and how far the two results differ there; `--noplain` skips
+   that run), and its last 8 columns before the middle (the seam) with its interior.
 2. Two paintings, one per half: each half's Gram distance (VGG features of that half alone) to its own
    painting over its distance to the other painting; target <= 1/2.
 
-Each run is one engine job with the given preset (default `quality`: preconditioned L-BFGS from the photo
-recoloured, in each region, to its painting). Prints `uptime` with the figures (the machine is shared).
+Each run is one engine job with the default settings, or `--preset` and `--optimizer`. Prints `uptime`
+with the figures (the machine is shared).
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ flags.DEFINE_string("style", os.path.join(_SHARED, "styles", "starry_night.jpg")
 flags.DEFINE_string("style2", os.path.join(_SHARED, "styles", "the_scream.jpg"), "Second painting (right half).")
 flags.DEFINE_string("weights", "random", "VGG19 weights.")
 flags.DEFINE_integer("max_size", 128, "Output size (longest side).")
-flags.DEFINE_string("preset", "quality", "Preset of every run.")
+flags.DEFINE_string("preset", None, "Preset of every run (default: none, the default settings).")
+flags.DEFINE_string("optimizer", None, "Optimizer of every run (default: the preset's or the default).")
 flags.DEFINE_integer("steps", None, "Steps (default: the preset's).")
+flags.DEFINE_list("checks", ["1", "2"], "Which checks to run.")
+flags.DEFINE_bool("plain", True, "Check 1 also runs without regions (the left half's change without them).")
 flags.DEFINE_list("outside_content_weight", ["10", "1"], "Check 1 with each of these values (the figure uses "
                   "the first).")
 flags.DEFINE_string("figure", None, "Write the docs figure (photo, masks, results) here.")
@@ -42,7 +48,8 @@ MARGIN = 8
 
 
 def _config(**values):
-  given = {"preset": FLAGS.preset, "max_size": FLAGS.max_size, "steps": FLAGS.steps, **values}
+  given = {"preset": FLAGS.preset, "optimizer": FLAGS.optimizer, "max_size": FLAGS.max_size, "steps": FLAGS.steps,
+           **values}
   return settings.resolve({k: v for k, v in given.items() if v is not None})
 
 
@@ -85,24 +92,43 @@ def main(argv):
   paintings = [image_io.load_image(p, FLAGS.max_size) for p in (FLAGS.style, FLAGS.style2)]
   left, right = _halves(photo.shape)
   eng = engine.Engine(weights)
+  one = _check_one(eng, photo, paintings, left) if "1" in FLAGS.checks else None
+  both = _check_two(eng, weights, photo, paintings, left, right) if "2" in FLAGS.checks else None
+  print(f"load: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+  if FLAGS.figure and one is not None and both is not None:
+    _figure(photo, paintings, [left, right], one, both)
 
+
+def _check_one(eng, photo, paintings, left) -> np.ndarray:
+  """Check 1; returns the result with the first `outside_content_weight`."""
   print("check 1: one painting, region = left half")
-  plain = _run(eng, engine.Job(photo, paintings[:1], _config(), name="no regions"))
-  plain_left, plain_right = _side_change(plain, photo)
-  print(f"  without regions: change left {plain_left:.4f}, right {plain_right:.4f}")
-  region_results = {}
+  h, w = photo.shape[:2]
+  plain = None
+  if FLAGS.plain:
+    plain = _run(eng, engine.Job(photo, paintings[:1], _config(), name="no regions"))
+    plain_left, plain_right = _side_change(plain, photo)
+    print(f"  without regions: change left {plain_left:.4f}, right {plain_right:.4f}")
+  results = []
   for outside in FLAGS.outside_content_weight:
     config = _config(outside_content_weight=outside)
     image = _run(eng, engine.Job(photo, paintings[:1], config, regions=[left], name=f"left, outside {outside}"))
-    region_results[outside] = image
+    results.append(image)
     change_left, change_right = _side_change(image, photo)
-    h, w = photo.shape[:2]
-    gap = np.abs(image - plain)[MARGIN:h - MARGIN, MARGIN:w // 2 - MARGIN].mean()
-    print(f"  outside_content_weight {outside}: change left {change_left:.4f} ({change_left / plain_left:.2f}x "
-          f"without regions; mean |result - unregioned| there {gap:.4f}), right {change_right:.4f}; "
+    # The seam: the painted side's last MARGIN columns before the middle, over its interior.
+    seam = np.abs(image - photo)[MARGIN:h - MARGIN, w // 2 - MARGIN:w // 2].mean()
+    versus = ""
+    if plain is not None:
+      gap = np.abs(image - plain)[MARGIN:h - MARGIN, MARGIN:w // 2 - MARGIN].mean()
+      versus = f" ({change_left / plain_left:.2f}x without regions; mean |result - unregioned| there {gap:.4f})"
+    print(f"  outside_content_weight {outside}: change left {change_left:.4f}{versus}, right {change_right:.4f}; "
           f"right/left {change_right / change_left:.3f} (target <= 0.25: "
-          f"{'met' if change_right <= 0.25 * change_left else 'NOT met'})")
+          f"{'met' if change_right <= 0.25 * change_left else 'NOT met'}); seam {seam:.4f} "
+          f"({seam / change_left:.2f}x the left)")
+  return results[0]
 
+
+def _check_two(eng, weights, photo, paintings, left, right) -> np.ndarray:
+  """Check 2; returns the result."""
   print("check 2: two paintings, one per half")
   config = _config()
   both = _run(eng, engine.Job(photo, paintings, config, regions=[left, right], name="two halves"))
@@ -118,9 +144,7 @@ def main(argv):
                                painting_grams[i])
     print(f"  {name} half: Gram distance to its painting {own:.4g} (the photo's {photo_own:.4g}), to the other "
           f"{other:.4g}; own/other {own / other:.3f} (target <= 0.5: {'met' if own <= 0.5 * other else 'NOT met'})")
-  print(f"load: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-  if FLAGS.figure:
-    _figure(photo, paintings, [left, right], region_results[FLAGS.outside_content_weight[0]], both)
+  return both
 
 
 def _figure(photo, paintings, masks, one, both) -> None:

@@ -43,9 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.content_weight = 1.0
   config.style_weight = 3.0
   config.tv_weight = 1e-3
-  # Spatial control (--style_region): content weight multiplier where no region covers the picture (larger
-  # keeps the photo there more strictly; 10 met the check of docs/spatial-control.md, 1 did not quite). No
-  # effect without regions.
+  # Spatial control (--style_region): content weight multiplier where no region covers the picture. Those
+  # pixels are the photo whatever it is (optimize.picture); it weighs the photo's features there, whose
+  # receptive fields reach into a region's edge: 10 gives a gradual edge, 1 paints up to it
+  # (docs/spatial-control.md). No effect without regions.
   config.outside_content_weight = 10.0
   config.tv_kind = "l2"
   # How each loss term is normalised (nst_jax/losses.py): gatys (Gatys et al. 2016) | mean (the TensorFlow

@@ -1,6 +1,9 @@
 """Tests for nst_jax.settings: one name per setting everywhere, one place that parses and validates."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -14,10 +17,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_every_config_field_is_a_setting_and_a_flag():
   assert set(settings.NAMES) == set(default.get_config().keys())
-  from absl import flags
+  # The picture command's flags, in a fresh process: a test that imports `nst_jax.commands.video` in this one adds
+  # the video flags to absl's global FLAGS.
+  script = ("import json; from absl import flags; from nst_jax.commands import stylize; "
+            "print(json.dumps([name for name in flags.FLAGS]))")
+  picture_flags = set(json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                                check=True, cwd=ROOT).stdout))
   for name in settings.NAMES + tuple(settings.SHORTHANDS):
     # Video-only settings are flags of `nst-jax video` (tests/video_test.py), unknown to stylize.
-    assert (name in flags.FLAGS) == (settings.BY_NAME.get(name, settings.Setting(name, "", "")).scope != "video"), name
+    video_only = settings.BY_NAME.get(name, settings.Setting(name, "", "")).scope == "video"
+    assert (name in picture_flags) == (not video_only), name
   for preset in presets.ALL_PRESETS:
     assert set(presets.get_preset(preset)) <= set(settings.NAMES), preset
   assert set(settings.STATIC) <= set(settings.NAMES)

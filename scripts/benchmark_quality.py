@@ -7,9 +7,10 @@
    1,000 steps) on the default objective (`--loss_normalization`, default weights) gives a total loss L*;
    then the quality preset (preconditioned L-BFGS from the recoloured photo; same size, content, style and
    loss weights) and its `--ttq_variants` (coarse-to-fine, content init, stock L-BFGS, or any config change
-   such as `optimizer=adam+lr=0.05+scale_start=48`) run until their total loss at the final size is <= L*. Prints the wall times and ratios (target >= 10x). Adam's eps is the
-   default 1e-8: the report's 0.1 is as negligible next to gatys-sized gradients (~1e7 per pixel), but would
-   stall Adam on the invariant loss (gradients ~1e-3), which is no fair arm. `--ttq_rounds N` repeats
+   such as `optimizer=adam+lr=0.05+scale_start=48`) run until their total loss at the final size is <= L*.
+   Prints the wall times and ratios (target >= 10x). Adam's eps is the default 1e-8: the report's 0.1 is as
+   negligible next to gatys-sized gradients (~1e7 per pixel), but would stall Adam on the invariant loss
+   (gradients ~1e-3), which is no fair arm. `--ttq_rounds N` repeats
    Adam and the recipes alternately (A, B, A, B), so that the machine's load hits both alike; each round's
    ratio is printed, then their range. Losses are only compared at the final size (coarser scales optimise a
    different-size problem). With --warmup (default) every program is compiled once beforehand (one step per

@@ -6,10 +6,11 @@
 1. `ttq` (time to quality, default 256 px): the report's Adam recipe (lr 0.02, b1 0.99, content init,
    1,000 steps) on the default objective (`--loss_normalization`, default weights) gives a total loss L*;
    then the quality preset (preconditioned L-BFGS from the recoloured photo; same size, content, style and
-   loss weights) and its `--ttq_variants` (coarse-to-fine, content init, stock L-BFGS) run until their total
-   loss at the final size is <= L*. Prints the wall times and ratios (target >= 10x). Adam's eps is the
-   default 1e-8: the report's 0.1 is as negligible next to gatys-sized gradients (~1e7 per pixel), but would
-   stall Adam on the invariant loss (gradients ~1e-3), which is no fair arm. `--ttq_rounds N` repeats
+   loss weights) and its `--ttq_variants` (coarse-to-fine, content init, stock L-BFGS, or any config change
+   such as `optimizer=adam+lr=0.05+scale_start=48`) run until their total loss at the final size is <= L*.
+   Prints the wall times and ratios (target >= 10x). Adam's eps is the default 1e-8: the report's 0.1 is as
+   negligible next to gatys-sized gradients (~1e7 per pixel), but would stall Adam on the invariant loss
+   (gradients ~1e-3), which is no fair arm. `--ttq_rounds N` repeats
    Adam and the recipes alternately (A, B, A, B), so that the machine's load hits both alike; each round's
    ratio is printed, then their range. Losses are only compared at the final size (coarser scales optimise a
    different-size problem). With --warmup (default) every program is compiled once beforehand (one step per
@@ -137,9 +138,11 @@ def _run(weights, content, style, config, run_hooks=()):
 
 def _linesearch_value(event):
   """The total loss the line search computed at the job's new image (kept in the optimizer state, so it costs
-  no evaluation). Read from the batched device state: only that scalar leaves the device, where
-  `event.state()` would copy the whole L-BFGS state to the host at every step."""
-  return float(optax.tree.get(event.view.state.opt_state, "value")[event.item])
+  no evaluation), or None for a first-order optimizer (no line search, no value kept). Read from the batched
+  device state: only that scalar leaves the device, where `event.state()` would copy the whole L-BFGS state
+  to the host at every step."""
+  value = optax.tree.get(event.view.state.opt_state, "value")
+  return None if value is None else float(value[event.item])
 
 
 def _final_stage(run):
@@ -194,31 +197,40 @@ def _run_adam(weights, content, style, steps):
 class _UntilLoss:
   """Engine hook: stops the job at the first final-stage step whose image has a total loss <= target_loss.
 
-  The check is free: after each final-stage iteration the line search has already computed the loss at the
-  new point (it is in the optimizer state). Only when that value is <= target_loss is the image's loss
-  evaluated (timed, like everything else) to confirm. At final-stage step `own_steps` (the recipe's own
-  length) it also records the seconds so far and the loss there, `found['own']`; that evaluation is not
-  timed.
+  For L-BFGS the check is free: after each final-stage iteration the line search has already computed the
+  loss at the new point (it is in the optimizer state). Only when that value is <= target_loss is the image's
+  loss evaluated (timed, like everything else) to confirm. A first-order recipe (`optimizer=adam` variants)
+  keeps no loss, so its image's loss is evaluated after every final-stage step, untimed (as `_AdamCurve`
+  does). At final-stage step `own_steps` (the recipe's own length) it also records the seconds so far and the
+  loss there, `found['own']` (untimed).
   """
 
   def __init__(self, target_loss, evaluate, begin, own_steps):
     self.target_loss, self.evaluate, self.begin, self.own_steps = target_loss, evaluate, begin, own_steps
     self.found = {"confirmations": 0, "seconds": None, "own": None}
-    self.spent = 0.0  # Seconds of the untimed evaluation.
+    self.spent = 0.0  # Seconds of the untimed evaluations.
+
+  def _untimed_loss(self, image):
+    image.block_until_ready()  # The steps so far are the recipe's time.
+    start = time.perf_counter()
+    loss = float(self.evaluate(image))
+    self.spent += time.perf_counter() - start
+    return loss
 
   def on_step(self, event):
     if self.found["seconds"] is not None or not _final_stage(event.run):
       return
     image = event.view.state.image[event.item]
     if event.local_step == self.own_steps:
-      image.block_until_ready()  # The iterations so far are the recipe's time.
-      start = time.perf_counter()
-      self.found["own"] = (start - self.begin, float(self.evaluate(image)))
-      self.spent += time.perf_counter() - start
-    if _linesearch_value(event) > self.target_loss:
+      self.found["own"] = (time.perf_counter() - self.begin - self.spent, self._untimed_loss(image))
+    value = _linesearch_value(event)
+    if value is None:
+      loss = self._untimed_loss(image)
+    elif value > self.target_loss:
       return
-    self.found["confirmations"] += 1
-    loss = float(self.evaluate(image))
+    else:
+      self.found["confirmations"] += 1
+      loss = float(self.evaluate(image))
     if loss <= self.target_loss:
       self.found.update(seconds=time.perf_counter() - self.begin - self.spent, step=event.local_step, loss=loss,
                         image=np.asarray(image))

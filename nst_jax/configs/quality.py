@@ -5,7 +5,10 @@
 100 L-BFGS iterations at the output size with the Fourier-preconditioned direction (nst_jax/lbfgs.py,
 power 0.3), starting from the photo recoloured to the style's colour mean and covariance
 (`init='recolored_content'`). A 512 px picture takes about 2.5 minutes on 2 CPU cores
-(docs/performance.md).
+(docs/performance.md). Under the default `invariant` losses it reaches its 100-iteration picture 2-4x
+sooner than Adam does, but flattens there: it does not reach the report recipe's 1,000-step loss, and neither
+loss scaling, unclamped L-BFGS, Adam schedules nor coarse-to-fine changed that (docs/performance.md, "Time to
+quality"); under `gatys` it reached that loss 10-12x sooner.
 
 One scale, not coarse-to-fine: on the benchmark pairs (random VGG weights) the coarse scales 128, 181, ...
 did not shorten the final scale's iterations to a given loss, so they only added time (docs/quality-and-

@@ -10,9 +10,9 @@ none) and `style_region_source` (which part of each painting to take the style f
 painting whole, missing trailing ones too). `style2`, `style2_region`, `style2_region_source` are the old
 names of a second painting and its masks: accepted for one release, with a note in the response's
 `warnings`. Video settings (temporal_weight, video_mode, ...) are accepted with a clip only. An unknown field
-or an invalid value is a 422 naming it; nothing is ever dropped silently. Server defaults where a field is
-empty: `max_size` 256, and `steps` 300 (a clip: 100 per frame) unless the preset sets its own (the quality
-preset runs its 100 iterations).
+or an invalid value is a 422 naming it; nothing is ever dropped silently. Where `max_size` or `steps` is
+empty: this machine's defaults (`page_defaults`, as in every path), within the limits; a clip's steps are
+`DEFAULT_VIDEO_STEPS` per frame; a preset's own steps win (the quality preset runs its 100 iterations).
 
 Each upload is decoded once and prepared once by the command's functions (`inputs.prepare_job`); the worker
 runs from those float32 arrays (`worker.input_name`), so a web job is the command's job for the same files.

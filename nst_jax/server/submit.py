@@ -38,8 +38,7 @@ from nst_jax import engine, image_io, inputs, settings, video_io
 from nst_jax.configs import presets
 from nst_jax.errors import NstJaxError
 from nst_jax.server.jobs import JobStore, new_job_id
-from nst_jax.server.limits import (DEFAULT_MAX_VIDEO_FRAMES, DEFAULT_MAX_VIDEO_PIXELS,  # noqa: F401 (re-exported)
-                                   DEFAULT_MAX_VIDEO_SECONDS, Limits)
+from nst_jax.server.limits import Limits
 from nst_jax.server.worker import AUDIO_FILE, CLIP_FILE, FRAMES_DIR, input_name, job_config
 
 REPEATED_FIELDS = ("style", "style_region", "style_region_source")  # One per painting, in painting order.

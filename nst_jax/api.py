@@ -12,9 +12,8 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 import numpy as np
 
-from nst_jax import engine, vgg
+from nst_jax import engine, settings, vgg
 from nst_jax import weights as weights_lib
-from nst_jax.configs import default
 
 
 def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
@@ -33,13 +32,13 @@ def stylize(content: np.ndarray, style: np.ndarray | Sequence[np.ndarray],
   Args:
     content: the photo, already at the output size (see `image_io.load_image`).
     style: one painting, or a list of paintings (any sizes) blended with `config.style_blend_weights`.
-    config: settings (`nst_jax.configs.default.get_config()` when None), validated here.
+    config: settings (`settings.resolve()` when None: the defaults sized to this machine, as every path).
     weights: VGG19 weights (`nst_jax.weights.load_vgg19()` when None: cached, or downloaded once).
     style_blend_weights: shorthand for `config.style_blend_weights`.
     hooks: `nst_jax.hooks` objects (progress, metrics, previews, stop).
     regions, region_sources: spatial control, one mask per painting (`engine.Job`, docs/spatial-control.md).
   """
-  config = ml_collections.ConfigDict((config or default.get_config()).to_dict())
+  config = ml_collections.ConfigDict((config or settings.resolve()).to_dict())
   if style_blend_weights is not None:
     config.style_blend_weights = tuple(float(w) for w in style_blend_weights)
   weights = weights or weights_lib.load_vgg19(None)

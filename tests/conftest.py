@@ -15,6 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # And `benchmark
 # One persistent compilation cache for the whole run, shared by the xdist workers and the commands the
 # tests start in subprocesses (they compile the same small programs again and again).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "nst_jax_test_jax_cache"))
+# Commands run in the tests record their step times in the cache dir (`cost.StepTimes`): a home of the run's own,
+# so that tiny test runs never skew the estimates of the developer's real runs (tests that need a home set one).
+os.environ.setdefault("NST_JAX_HOME", tempfile.mkdtemp(prefix="nst_jax_test_home_"))
 
 import weight_files  # noqa: E402
 

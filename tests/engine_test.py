@@ -11,6 +11,7 @@ import optax
 import pytest
 from skimage import data
 
+from conftest import make_image, make_style
 from nst_jax import color, engine, hooks, image_io, optimize, settings, vgg
 from nst_jax.configs import default, quality
 from nst_jax.errors import NstJaxError
@@ -230,3 +231,20 @@ def test_jobs_with_other_steps_and_resume_points_share_one_batch(weights, tmp_pa
     (single,) = engine.Engine(weights).run([dataclasses.replace(job, checkpoint_dir=None)])
     np.testing.assert_allclose(result.image, single.image, atol=1e-5)
     assert result.step == int(job.config.steps)
+
+
+def test_the_library_call_without_a_config_gets_this_machines_defaults(weights, monkeypatch):
+  """`nst_jax.stylize(content, style)` resolves its defaults as every path does (settings.resolve): on a CPU
+  100 steps, not configs/default.py's 500 (docs/settings.md)."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  seen = []
+
+  class FirstStep:
+    def on_job_start(self, run):
+      seen.append(run.total_steps)
+
+    def should_stop(self, run):
+      return True
+
+  nst_jax.stylize(make_image(32, 32), make_style(32, 32), weights=weights, hooks=[FirstStep()])
+  assert seen == [settings.MACHINE_DEFAULTS["cpu"]["steps"]]

@@ -126,3 +126,19 @@ def test_experiments_command_with_all_optimizers_honours_the_setting_flags(tmp_p
   np.testing.assert_array_equal(read_png(folder / "adam.png"), image_io.to_uint8(expected.image).astype(int))
   again = subprocess.run(out.args, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert again.returncode == 2 and "--overwrite" in again.stderr  # Never silently overwritten.
+
+
+def test_experiments_command_says_when_the_machine_sized_the_pictures(tmp_path):
+  """As every command: on a CPU the machine's defaults (256 px, 100 steps) come with a `note:` on stderr."""
+  for kind, image in (("content", data.chelsea()), ("style", data.coffee())):
+    os.makedirs(tmp_path / kind)
+    Image.fromarray(image[::8, ::8]).save(tmp_path / kind / f"{kind}.png")
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+  # Two blend weights for one painting: refused after the settings are resolved, before any work.
+  args = ["--experiment=ratios", f"--out_dir={tmp_path / 'out'}", f"--content_dir={tmp_path / 'content'}",
+          f"--style_dir={tmp_path / 'style'}", "--style_blend_weights=1,1", "--weights=random",
+          "--compilation_cache=false"]
+  out = subprocess.run([sys.executable, "scripts/experiments.py", *args], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+  assert out.returncode == 2 and "error: 2 style_blend_weights for 1 style image(s)" in out.stderr, out.stderr[-2000:]
+  assert "note: no accelerator: max_size 256, steps 100" in out.stderr

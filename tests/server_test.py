@@ -690,3 +690,15 @@ def test_the_server_log_has_one_line_per_job_status(tmp_path, caplog):
   assert [line.split(":")[0].split()[-1] for line in mine(long)] == ["queued", "started", "cancelled", "failed"]
   assert "at step" in mine(long)[2] and "/2000" in mine(long)[2] and mine(long)[3].endswith("out of memory")
   assert mine(queued)[-1] == f"job {queued} cancelled: image 32x26, 3 steps, at step 0/3, while queued"
+
+
+def test_a_web_job_records_this_machines_step_times_for_the_estimates(client, tmp_path, monkeypatch):
+  """The worker times its steps into the per-machine cache as the commands do (`cost.StepTimes`), so that
+  `POST /api/estimate` gives this machine's figures on a server that only ever ran web jobs."""
+  from nst_jax import cost
+  monkeypatch.setenv("NST_JAX_HOME", str(tmp_path))
+  r = client.post("/api/jobs", files=_files(), data={"max_size": 32, "steps": 8, "log_every": 2, **SHALLOW})
+  assert r.status_code == 201, r.text
+  assert wait_for(_get(client, r.json()["id"]))["status"] == "done"
+  records = [record for entries in cost.read_cache().values() for record in entries]
+  assert records and all(record["step_seconds"] > 0 for record in records)

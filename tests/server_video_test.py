@@ -247,15 +247,15 @@ def test_page_uploads_a_clip_and_plays_the_video(tmp_path):
 
 
 def test_serve_flags_default_to_the_servers_clip_limits():
-  from nst_jax.server import submit
+  from nst_jax.server import limits
   # In a subprocess: the command's absl flags (max_size...) must not meet other commands' in this process.
   done = subprocess.run([sys.executable, "-m", "nst_jax.commands.serve", "--help"], capture_output=True, text=True,
                         timeout=120, env={**os.environ, "PYTHONPATH": REPO})
   assert done.returncode == 0, done.stderr
   text = " ".join(done.stdout.split())
-  for name, value in (("max_video_seconds", f"'{submit.DEFAULT_MAX_VIDEO_SECONDS}'"),
-                      ("max_video_frames", f"'{submit.DEFAULT_MAX_VIDEO_FRAMES}'"),
-                      ("max_video_pixels", f"'{submit.DEFAULT_MAX_VIDEO_PIXELS}'")):
+  for name, value in (("max_video_seconds", f"'{limits.DEFAULT_MAX_VIDEO_SECONDS}'"),
+                      ("max_video_frames", f"'{limits.DEFAULT_MAX_VIDEO_FRAMES}'"),
+                      ("max_video_pixels", f"'{limits.DEFAULT_MAX_VIDEO_PIXELS}'")):
     assert re.search(rf"--{name}: .*?\(default: {value}\)", text), (name, text)
 
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image, make_style
+from nst_jax import settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -185,7 +186,8 @@ def test_a_video_setting_on_the_picture_command_says_it_is_one(files):
                           timeout=120, cwd=str(files))
   assert result.returncode == 0, result.stderr
   lines = dict(line.split(" | ", 1) for line in result.stdout.strip().splitlines())
-  assert sorted(lines) == sorted(["temporal_weight", "video_mode", "temporal_frames", "passes", "flow_method"])
+  assert sorted(lines) == sorted(settings.VIDEO_ONLY)  # Every one, the clip's part (start, frames, ...) too.
+  assert {"temporal_weight", "video_mode", "temporal_frames", "passes", "flow_method", "start", "fps"} <= set(lines)
   for name, message in lines.items():
     assert message == f"error: --{name} is a setting of `nst-jax video`, not of a picture (docs/video.md)"
 

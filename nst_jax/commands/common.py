@@ -1,9 +1,10 @@
-"""What every command shares: one-line errors, stops, the compilation cache, JSON-lines metrics, progress bars."""
+"""What every command shares: one-line errors, stops, the compilation cache, --help.
+
+Metrics logs and progress bars are engine hooks (`nst_jax.hooks.MetricsLog`, `hooks.ProgressBar`)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -126,31 +127,3 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     sys.exit(0)
   with hooks.guarded_std_streams(), _signals_interrupt():
     app.run(friendly_main(main), argv=argv, flags_parser=_parse_flags)
-
-
-class MetricsLog:
-  """Appends one JSON object per line (step, losses, timing) and flushes, so a crash loses nothing."""
-
-  def __init__(self, path: str, *, append: bool = False):
-    self.path = path
-    self._file = open(path, "a" if append else "w", encoding="utf-8")
-
-  def write(self, record: dict) -> None:
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
-
-
-def progress_callback(total: int, initial: int = 0, *, desc: str = "stylizing", disable: bool = False):
-  """A run-loop callback drawing a tqdm bar with step, losses and speed. Returns `(callback, bar)`."""
-  from tqdm import tqdm
-  bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=disable, dynamic_ncols=True)
-
-  def callback(step, state, metrics):
-    bar.update(step - bar.n)
-    if metrics is not None:
-      bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("total", "content", "style", "tv")}, refresh=False)
-
-  return callback, bar

@@ -122,6 +122,7 @@ def main(argv):
     raise NstJaxError(f"unexpected arguments: {' '.join(argv[1:])}")
   _check_flags()
   config = settings.resolve(stylize.settings_from_flags())
+  stylize.print_machine_note(config)  # As every command: say when this machine's defaults sized the pictures.
   ratios = _parse_ratios(FLAGS.ratios)
   contents, styles, content, style = _load_images(config)
   if any(name != "combinations" for name in FLAGS.experiment):

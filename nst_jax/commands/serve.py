@@ -33,7 +33,7 @@ flags.DEFINE_integer("max_size", 1024, "Largest output size a job may ask for (l
 flags.DEFINE_integer("max_steps", 2000, "Most optimisation steps a job may ask for.")
 flags.DEFINE_integer("max_batch", None, "Compatible queued jobs run together in one vmapped step (1 = one at a "
                      "time). Default: 1 when JAX sees only CPUs (batching is no faster there), 4 with a GPU or TPU.")
-# Clip limits (413 above); the defaults are server.submit.DEFAULT_MAX_VIDEO_* (not imported: fastapi is optional).
+# Clip limits (413 above); the defaults are server.limits.DEFAULT_MAX_VIDEO_* (not imported: fastapi is optional).
 flags.DEFINE_float("max_video_seconds", 10.0, "Longest clip a video job may upload, in seconds.")
 flags.DEFINE_integer("max_video_frames", 250, "Most frames a clip may have.")
 flags.DEFINE_integer("max_video_pixels", 3840 * 2160, "Largest decoded clip frame in pixels (frames are then "

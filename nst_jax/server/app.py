@@ -226,8 +226,6 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
     worker.wake()
     return {**view(job), "warnings": warnings}
 
-  estimator = _Estimator(worker)
-
   @app.post("/api/estimate", summary="The cost of a job before it is queued (nothing is stored)",
             description="The same multipart form as `POST /api/jobs`. Returns the step's estimated peak memory, "
                         "the free memory, the largest max_size that fits, and the time per step and for the run "
@@ -238,21 +236,16 @@ def _add_job_routes(app: FastAPI, store: JobStore, worker: Worker, limits: Limit
     except SubmitError as e:
       raise HTTPException(e.status, str(e)) from None
     try:
-      return await run_in_threadpool(estimator.estimate, job)
+      return await run_in_threadpool(_estimate, job)
     except NstJaxError as e:
       raise HTTPException(422, str(e)) from None
 
   _add_job_views(app, store, worker, owned, view, event_interval)
 
 
-class _Estimator:
+def _estimate(job) -> dict:
   """`cost.estimate` for the page: analytic (no compile, no step), so it never competes with the worker."""
-
-  def __init__(self, worker: Worker):
-    self.worker = worker
-
-  def estimate(self, job) -> dict:
-    return cost.estimate(job.config, job.content.shape[:2]).as_dict()
+  return cost.estimate(job.config, job.content.shape[:2]).as_dict()
 
 
 _SUBMIT_DESCRIPTION = (

@@ -10,9 +10,9 @@ none) and `style_region_source` (which part of each painting to take the style f
 painting whole, missing trailing ones too). `style2`, `style2_region`, `style2_region_source` are the old
 names of a second painting and its masks: accepted for one release, with a note in the response's
 `warnings`. Video settings (temporal_weight, video_mode, ...) are accepted with a clip only. An unknown field
-or an invalid value is a 422 naming it; nothing is ever dropped silently. Server defaults where a field is
-empty: `max_size` 256, and `steps` 300 (a clip: 100 per frame) unless the preset sets its own (the quality
-preset runs its 100 iterations).
+or an invalid value is a 422 naming it; nothing is ever dropped silently. Where `max_size` or `steps` is
+empty: this machine's defaults (`page_defaults`, as in every path), within the limits; a clip's steps are
+`DEFAULT_VIDEO_STEPS` per frame; a preset's own steps win (the quality preset runs its 100 iterations).
 
 Each upload is decoded once and prepared once by the command's functions (`inputs.prepare_job`); the worker
 runs from those float32 arrays (`worker.input_name`), so a web job is the command's job for the same files.
@@ -38,8 +38,7 @@ from nst_jax import engine, image_io, inputs, settings, video_io
 from nst_jax.configs import presets
 from nst_jax.errors import NstJaxError
 from nst_jax.server.jobs import JobStore, new_job_id
-from nst_jax.server.limits import (DEFAULT_MAX_VIDEO_FRAMES, DEFAULT_MAX_VIDEO_PIXELS,  # noqa: F401 (re-exported)
-                                   DEFAULT_MAX_VIDEO_SECONDS, Limits)
+from nst_jax.server.limits import Limits
 from nst_jax.server.worker import AUDIO_FILE, CLIP_FILE, FRAMES_DIR, input_name, job_config
 
 REPEATED_FIELDS = ("style", "style_region", "style_region_source")  # One per painting, in painting order.

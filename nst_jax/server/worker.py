@@ -29,7 +29,7 @@ import traceback
 import ml_collections
 import numpy as np
 
-from nst_jax import color, engine, image_io, settings, tiles
+from nst_jax import color, cost, engine, image_io, settings, tiles
 from nst_jax.errors import NstJaxError
 from nst_jax.server.jobs import JobStore
 
@@ -210,7 +210,8 @@ class Worker:
     self.batches_run += 1
     log.info("running %d job(s) at %dx%d", len(ids), batch[0][0]["width"], batch[0][0]["height"])
     try:
-      self.engine.run([job for _, job in batch], hooks=[_JobHooks(self)])
+      # StepTimes: the page's estimates (`POST /api/estimate`) learn this machine's step times, as the commands'.
+      self.engine.run([job for _, job in batch], hooks=[_JobHooks(self), cost.StepTimes()])
     except Exception as e:
       left = [(job, loaded) for job, loaded in batch if self.store.get(job["id"])["status"] == "running"]
       if len(batch) > 1 and left and not self._stop.is_set():
@@ -231,7 +232,7 @@ class Worker:
       log.info("running video %s: %d frames at %dx%d", job_id, len(frames), frames[0].shape[1], frames[0].shape[0])
       hooks = _VideoHooks(self, job_id)
       result = video.run_video(frames, styles, config, weights=self.weights, workdir=self.store.run_dir(job_id),
-                               hooks=[hooks], progress=hooks.progress, max_batch=self.max_batch,
+                               hooks=[hooks, cost.StepTimes()], progress=hooks.progress, max_batch=self.max_batch,
                                checkpoint_every=VIDEO_CHECKPOINT_STEPS)
       if result.status != "done":
         if job_id in self._cancel:

@@ -264,8 +264,10 @@ def test_every_command_path_prints_the_estimate_first(tmp_path):
   assert records and records[0]["step_seconds"] > 0
 
 
-def test_video_estimate_counts_frames_steps_and_passes():
+def test_video_estimate_counts_frames_steps_and_passes(tmp_path, monkeypatch):
   """`nst-jax video`'s line: frames x steps per frame x the step of `estimate` (multipass: batches of frames)."""
+  # An empty cache of this machine's step times: the built-in table's start cost, whatever other tests recorded.
+  monkeypatch.setenv("NST_JAX_HOME", str(tmp_path))
   sequential = settings.resolve({"max_size": 64, "steps": 20}, scope="video")
   seconds, line = cost.video_estimate(sequential, (48, 64), 10)
   step = cost.estimate(sequential, (48, 64), free_bytes=2 ** 40).step_seconds

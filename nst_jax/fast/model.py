@@ -65,18 +65,30 @@ class ResidualBlock(nn.Module):
 
 
 class UpsampleConv(nn.Module):
-  """2x nearest-neighbour upsampling, then a 3x3 convolution with instance norm and ReLU."""
+  """2x nearest-neighbour upsampling, then a 3x3 convolution with instance norm and ReLU.
+
+  `transposed=True` is the control that shows what this avoids: a stride-2 3x3 transposed convolution (its
+  kernel overlaps unevenly, giving a checkerboard of period 2); tests and docs/fast.md compare the two.
+  """
   features: int
+  transposed: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.transposed:
+      x = nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), padding="SAME")(x)  # [N, 2H, 2W, C]
+      return nn.relu(nn.InstanceNorm()(x))
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # [N, 2H, 2W, C]
     return ConvLayer(self.features, 3)(x)
 
 
 class TransformerNet(nn.Module):
-  """Photo `[N, H, W, 3]` in [0, 1] (H, W multiples of 4) -> stylised `[N, H, W, 3]` in [0, 1]."""
+  """Photo `[N, H, W, 3]` in [0, 1] (H, W multiples of 4) -> stylised `[N, H, W, 3]` in [0, 1].
+
+  `transposed_upsampling` swaps in the transposed-convolution control (`UpsampleConv`); models use False.
+  """
   width: float = 1.0
+  transposed_upsampling: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -86,8 +98,8 @@ class TransformerNet(nn.Module):
     y = ConvLayer(c3, 3, stride=2)(y)  # [N, H/4, W/4, c3]
     for _ in range(NUM_RESIDUAL):
       y = ResidualBlock(c3)(y)
-    y = UpsampleConv(c2)(y)  # [N, H/2, W/2, c2]
-    y = UpsampleConv(c1)(y)  # [N, H, W, c1]
+    y = UpsampleConv(c2, transposed=self.transposed_upsampling)(y)  # [N, H/2, W/2, c2]
+    y = UpsampleConv(c1, transposed=self.transposed_upsampling)(y)  # [N, H, W, c1]
     y = ConvLayer(3, 9, last=True)(y)  # [N, H, W, 3]
     return nn.sigmoid(y)
 
@@ -95,7 +107,7 @@ class TransformerNet(nn.Module):
 def init_params(width: float, seed: int = 0, size: int = 32) -> PyTree:
   """The net's parameters for `width`, initialised from `seed` (they do not depend on the image size)."""
   net = TransformerNet(width=width)
-  return net.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3), jnp.float32))["params"]
+  return jax.jit(net.init)(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3), jnp.float32))["params"]
 
 
 def pad_to_multiple(images: jax.Array, multiple: int = STRIDE) -> tuple[jax.Array, tuple[int, int]]:
@@ -118,3 +130,8 @@ def apply(params: PyTree, images: jax.typing.ArrayLike, *, width: float) -> jax.
 
 def parameter_count(params: PyTree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def parameter_shapes(width: float) -> PyTree:
+  """The net's parameters as `jax.ShapeDtypeStruct`s (nothing computed)."""
+  return jax.eval_shape(lambda: init_params(width))

@@ -251,7 +251,8 @@ class _Files:
 def train(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, styles: Sequence[np.ndarray],
           images: Sequence[np.ndarray], model_dir: str, options: TrainOptions, *,
           validation: np.ndarray | None = None, style_names: Sequence[str] = (), image_names: Sequence[str] = (),
-          overwrite: bool = False, progress: bool = False, stop=None) -> TrainResult:
+          overwrite: bool = False, progress: bool = False, stop=None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
   """Trains (or resumes training) the net of `styles` on crops of `images` up to `options.steps` steps.
 
   Args:
@@ -267,6 +268,7 @@ def train(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, styles: Se
     progress: draw a tqdm bar on stderr.
     stop: an object whose `caught` list, once not empty, stops training after a checkpoint
       (`hooks.StopOnSignals`).
+    log: called with one-line notices (a resumed training).
 
   Raises:
     TrainInterrupted: after `stop` caught a signal (the checkpoint and the model file are saved).
@@ -294,6 +296,8 @@ def train(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, styles: Se
       if meta.get("config_hash") != digest:
         raise NstJaxError(f"checkpoint {step} in {store.directory} belongs to another training")
       state, seconds, resumed_from = jax.tree.map(jnp.asarray, tree["state"]), float(meta["seconds"]), step
+      if log is not None:
+        log(f"resuming the training in {model_dir} from step {step}")
     start = int(state.step)
     if start > options.steps:
       raise NstJaxError(f"{model_dir} is already at step {start}, past --steps {options.steps}; raise --steps")

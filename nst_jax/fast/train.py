@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -132,6 +133,15 @@ def make_train_step(spec: optimize.LossSpec, optimizer: optax.GradientTransforma
     return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
 
   return jax.jit(step, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(spec: optimize.LossSpec, lr: float, width: float) -> tuple:
+  """`(optimizer, jitted train step, jitted net)`, kept so that another training of the same shapes in this
+  process (a resume, a test) does not compile again."""
+  optimizer = optax.adam(lr)
+  apply_fn = jax.jit(lambda params, x: model.apply(params, x, width=width))
+  return optimizer, make_train_step(spec, optimizer, width), apply_fn
 
 
 def init_state(options: TrainOptions, optimizer: optax.GradientTransformation) -> TrainState:
@@ -281,9 +291,7 @@ def train(weights: vgg.VGGWeights, config: ml_collections.ConfigDict, styles: Se
   digest = rundir.config_hash(json.loads(json.dumps(ident)))
   resume = prepare_model_dir(model_dir, ident, overwrite=overwrite)
   spec, targets = style_targets(weights, config, styles, options.crop)
-  optimizer = optax.adam(options.lr)
-  step_fn = make_train_step(spec, optimizer, options.width)
-  apply_fn = jax.jit(lambda params, x: model.apply(params, x, width=options.width))
+  optimizer, step_fn, apply_fn = _programs(spec, options.lr, options.width)
   state = init_state(options, optimizer)
   files = _Files(model_dir, apply_fn, validation,
                  lambda step: model_meta(ident, step, style_names, image_names))

@@ -50,6 +50,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, random_weight
   with pytest.raises(train.TrainInterrupted, match="interrupted by SIGINT at step 2") as stopped:
     train.train(random_weights, config, [STYLE], IMAGES, folder, tiny_options(), stop=StopAfter(2))
   assert stopped.value.exit_code == 130
+  assert "checkpoint saved in" in str(stopped.value)
   _, meta = model_file.load(folder)  # The model file of the stop is there, usable.
   assert meta["steps"] == 2
   notices = []

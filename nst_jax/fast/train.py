@@ -29,7 +29,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import time
 from typing import Any, Callable, Sequence
 
@@ -40,7 +39,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from nst_jax import checkpoint, engine, hooks, image_io, optimize, rundir, vgg
+from nst_jax import checkpoint, engine, image_io, optimize, rundir, vgg
+from nst_jax import run as run_lib
 from nst_jax.errors import NstJaxError
 from nst_jax.fast import data, model, model_file
 
@@ -176,17 +176,8 @@ def _version() -> str:
     return "unknown"
 
 
-class TrainInterrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint at `step`."""
-
-  def __init__(self, signum: int, step: int, model_dir: str):
-    self.signum, self.step, self.model_dir = signum, step, model_dir
-    super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint and model saved in "
-                     f"{model_dir} (run the same command again to continue)")
-
-  @property
-  def exit_code(self) -> int:
-    return 128 + self.signum
+# A stop on a signal raises `run.RunInterrupted` (the message and exit status of `nst-jax --workdir`'s).
+TrainInterrupted = run_lib.RunInterrupted
 
 
 def prepare_model_dir(model_dir: str, ident: dict, *, overwrite: bool) -> bool:

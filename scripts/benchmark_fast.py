@@ -43,18 +43,22 @@ flags.DEFINE_string("weights", "random", "VGG19 weights of the loss (those the m
 FLAGS = flags.FLAGS
 
 
-def time_net(size: int, width: float, repeats: int) -> float:
-  """Median milliseconds of the jitted net on one `size` x `size` picture (compile excluded)."""
+def time_net(size: int, width: float, repeats: int) -> tuple[float, float]:
+  """Median milliseconds of the jitted net on one `size` x `size` picture (compile excluded), and the GFLOP
+  of its compiled program (XLA's cost analysis: what the time would be on an idle machine of known speed)."""
   params = model.init_params(width)
   run = jax.jit(lambda p, x: model.apply(p, x, width=width))
   photo = jnp.asarray(np.random.default_rng(0).random((1, size, size, 3), np.float32))
+  cost = run.lower(params, photo).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  gflop = float(cost.get("flops", float("nan"))) / 1e9
   run(params, photo).block_until_ready()
   times = []
   for _ in range(repeats):
     begin = time.perf_counter()
     run(params, photo).block_until_ready()
     times.append(1000 * (time.perf_counter() - begin))
-  return statistics.median(times)
+  return statistics.median(times), gflop
 
 
 def picture_loss(weights, config, photo: np.ndarray, style: np.ndarray, picture: np.ndarray) -> dict:
@@ -98,7 +102,8 @@ def main(argv):
   if FLAGS.ms:
     print(f"net width {FLAGS.width} on {jax.devices()[0].platform}: ms per picture (median of {FLAGS.repeats})")
     for size in map(int, FLAGS.sizes):
-      print(f"  {size} x {size}: {time_net(size, FLAGS.width, FLAGS.repeats):.0f} ms", flush=True)
+      ms, gflop = time_net(size, FLAGS.width, FLAGS.repeats)
+      print(f"  {size} x {size}: {ms:.0f} ms, {gflop:.1f} GFLOP", flush=True)
   if FLAGS.quality:
     quality()
 

@@ -30,7 +30,7 @@ flags.DEFINE_integer("max_size", None, "Resize each photo so its longest side is
                      f"({image_io.MIN_SIZE}-{image_io.MAX_SIZE}). Default: the photo's own size.")
 flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
 flags.DEFINE_boolean("compilation_cache", True, "Keep compiled programs in the cache dir between runs.")
-cli.define_setting_flags(("preserve_colors",))
+cli.define_setting_flags(("preserve_colors",), __name__)
 
 
 def output_paths(contents: list[str]) -> list[str]:

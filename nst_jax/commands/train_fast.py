@@ -49,7 +49,7 @@ flags.DEFINE_boolean("overwrite", False, "Start afresh in a --model_dir that hol
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 flags.DEFINE_boolean("compilation_cache", True, "Keep compiled programs in the cache dir between runs.")
 flags.DEFINE_string("preset", None, settings.SHORTHANDS["preset"] + "; only its loss settings apply.")
-cli.define_setting_flags(SETTING_NAMES)
+cli.define_setting_flags(SETTING_NAMES, __name__)
 
 
 def options_from_flags(seed: int) -> train.TrainOptions:

@@ -18,15 +18,17 @@ _DEFINE = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flag
            "bool": flags.DEFINE_boolean, "floats": flags.DEFINE_list, "names": flags.DEFINE_list}
 
 
-def define_setting_flags(names: Sequence[str], *, defaults: dict | None = None) -> None:
-  """One flag per setting in `names` (empty by default: the config's default or the preset's value)."""
+def define_setting_flags(names: Sequence[str], module: str) -> None:
+  """One flag per setting in `names` (empty by default: the config's default or the preset's value), listed
+  under the command module `module` (its `--help`)."""
   config = default.get_config()
   for name in names:
     setting = settings.BY_NAME[name]
     choices = f" ({' | '.join(setting.choices)})" if setting.choices else ""
-    value = (defaults or {}).get(name, config[name])
+    value = config[name]
     shown = "(empty)" if value is None else ",".join(map(str, value)) if isinstance(value, tuple) else value
-    _DEFINE[setting.kind](name, None, f"{setting.help[0].upper()}{setting.help[1:]}{choices}. Default: {shown}.")
+    _DEFINE[setting.kind](name, None, f"{setting.help[0].upper()}{setting.help[1:]}{choices}. Default: {shown}.",
+                          module_name=module)
 
 
 def given_settings(names: Sequence[str]) -> dict:

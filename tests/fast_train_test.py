@@ -112,9 +112,9 @@ def style_ratio(weights, config, picture_fn) -> list[float]:
 
 @pytest.mark.slow
 def test_a_trained_net_lowers_the_style_loss_of_unseen_photos(tmp_path, random_weights):
-  """60 steps of a tiny net on random VGG weights: the unseen photos' style residual falls to about 0.7 of
-  the photo's own (measured 0.68-0.73); an untrained net's pictures are further from the style than the
-  photo (about 1.6)."""
+  """60 steps of a tiny net on random VGG weights: the unseen photos' style residual falls to about a third
+  of the photo's own (measured 0.34-0.36); an untrained net's pictures are further from the style than the
+  photo (measured 1.63-1.72)."""
   config = settings.resolve({})
   options = tiny_options(steps=60, snapshot_every=0)
   untrained = model.init_params(options.width, options.seed)
@@ -123,5 +123,5 @@ def test_a_trained_net_lowers_the_style_loss_of_unseen_photos(tmp_path, random_w
   net = apply.FastNet.load(str(tmp_path / "m"))
   after = style_ratio(random_weights, config, net.stylize)
   assert min(before) > 1.0, before
-  assert max(after) < 0.85, after
+  assert max(after) < 0.6, after
   assert result.step == 60

@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import make_image, make_style
 from stylize_cli_test import REPO, nst_jax
-from nst_jax import settings, vgg
+from nst_jax import settings
 from nst_jax.fast import data, model, model_file, train
 
 TINY = ("--crop", 32, "--batch_size", 2, "--width", 0.125, "--lr", 0.01, "--weights", "random", "--noprogress")

@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "batch": "nst_jax.commands.batch",
     "experiments": "nst_jax.commands.experiments",
     "serve": "nst_jax.commands.serve",
+    "train_fast": "nst_jax.commands.train_fast",
+    "fast": "nst_jax.commands.fast",
     "report": "nst_jax.commands.report",
     "convert_weights": "nst_jax.commands.convert_weights",
     "normalize_vgg": "nst_jax.commands.normalize_vgg",

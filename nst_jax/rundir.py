@@ -135,11 +135,16 @@ def write_json(path: str, record: dict) -> None:
 
 
 def read_json(path: str) -> dict:
+  """A run file's JSON object; an unreadable file, or one that holds no object, is an `NstJaxError`."""
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
+      data = json.load(f)
   except (OSError, ValueError) as e:
     raise NstJaxError(f"cannot read {path}: {e}") from None
+  if not isinstance(data, dict):
+    raise NstJaxError(f"cannot read {path}: it holds a JSON {type(data).__name__}, not an object (not an nst-jax "
+                      f"run file)")
+  return data
 
 
 # ---- metrics.jsonl -----------------------------------------------------------------------------------------

@@ -62,3 +62,25 @@ def test_identity_ignores_steps_and_log_every_but_not_other_settings():
   assert rundir.config_hash(ident(lr=0.5)) != base
   assert rundir.differences(ident(), ident(tv_weight=2.0)) == ["settings.tv_weight"]
   json.dumps(ident())  # The record is plain JSON.
+
+
+def test_a_run_file_that_holds_no_json_object_is_one_error(tmp_path):
+  path = tmp_path / "config.json"
+  path.write_text("[1, 2]")
+  with pytest.raises(NstJaxError, match="holds a JSON list, not an object"):
+    rundir.read_json(str(path))
+  path.write_text('{"config": {}}')
+  assert rundir.read_json(str(path)) == {"config": {}}
+
+
+def test_the_command_on_a_workdir_with_a_damaged_config_says_so_in_one_line(tmp_path):
+  import subprocess
+  import sys
+  workdir = tmp_path / "wd"
+  workdir.mkdir()
+  (workdir / rundir.CONFIG).write_text('"a string"')
+  out = subprocess.run([sys.executable, "-m", "nst_jax.commands.main", "--content", "skimage:chelsea", "--style",
+                        "skimage:rocket", "--workdir", str(workdir), "--weights", "random", "--max_size", "32",
+                        "--steps", "2"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+  assert "holds a JSON str, not an object" in out.stderr.strip().splitlines()[-1]

@@ -13,6 +13,7 @@ picture (docs/settings.md); the pictures run on the engine, batched by bucket.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -43,41 +44,42 @@ _BUILTIN_CONTENT = ("astronaut", "chelsea", "coffee")
 _BUILTIN_STYLE = ("hubble_deep_field", "immunohistochemistry", "rocket")
 
 
-def _load(path: str, max_size: int) -> np.ndarray:
-  """`image_io.load_image`, refusing a transparent picture: experiments' grids and sheets are RGB."""
-  image = image_io.load_image_keep_alpha(path, max_size)
+def _load(path: str, prepare: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+  """The file, decoded once and prepared once (`prepare`), refusing a transparent picture: experiments' grids and
+  sheets are RGB."""
+  image = image_io.open_image_keep_alpha(path)
   if image.shape[-1] == 4:
     raise NstJaxError(f"{path} is transparent: experiments do not keep alpha; use nst-jax or nst-jax batch "
                       f"(docs/transparency.md)")
-  return image
+  return prepare(image)
 
 
-def _folder_images(folder: str, max_size: int, limit: int) -> dict:
+def _folder_images(folder: str, prepare: Callable, limit: int) -> dict:
   names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in
                  (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"))
   if not names:
     raise NstJaxError(f"no images in {folder}")
-  return {os.path.splitext(n)[0]: _load(os.path.join(folder, n), max_size) for n in names[:limit]}
+  return {os.path.splitext(n)[0]: _load(os.path.join(folder, n), prepare) for n in names[:limit]}
 
 
-def _builtin_images(names, max_size: int) -> dict:
+def _builtin_images(names, prepare: Callable) -> dict:
   from skimage import data
   images = {}
   for name in names:
     image = getattr(data, name)()
     image = image.astype("float32") / (255.0 if image.dtype.kind == "u" else 1.0)
-    images[name] = image_io.resize_longest(image[..., :3], max_size)
+    images[name] = prepare(image[..., :3])
   return images
 
 
-def load_inputs(flag_dir: str | None, kind: str, builtins, max_size: int, limit: int) -> dict:
-  """`{name: [H, W, 3]}` from the flag's folder, the shared data folder, or scikit-image."""
+def load_inputs(flag_dir: str | None, kind: str, builtins, prepare: Callable, limit: int) -> dict:
+  """`{name: [H, W, 3]}` from the flag's folder, the shared data folder, or scikit-image, each `prepare`d."""
   folder = flag_dir or os.path.join(_SHARED, "content" if kind == "content" else "styles")
   if flag_dir or os.path.isdir(folder):
     if not os.path.isdir(folder):
       raise NstJaxError(f"--{kind}_dir is not a folder: {folder}")
-    return _folder_images(folder, max_size, limit)
-  return _builtin_images(builtins[:limit], max_size)
+    return _folder_images(folder, prepare, limit)
+  return _builtin_images(builtins[:limit], prepare)
 
 
 def _parse_ratios(values) -> list[tuple[float, float]]:
@@ -107,13 +109,13 @@ def _check_flags() -> None:
 
 def _load_images(config) -> tuple[dict, dict, object, list]:
   """`(contents, styles, content, style)`: the folders' pictures and the single-pair experiments' photo and
-  painting(s). Photos are loaded at max_size, paintings at style_scale x max_size."""
-  painting_size = inputs.style_size(config)
-  contents = load_inputs(FLAGS.content_dir, "content", _BUILTIN_CONTENT, config.max_size, FLAGS.max_images)
-  styles = load_inputs(FLAGS.style_dir, "style", _BUILTIN_STYLE, painting_size, FLAGS.max_images)
-  content = _load(FLAGS.content, config.max_size) if FLAGS.content else next(iter(contents.values()))
-  style = ([_load(path, painting_size) for path in FLAGS.style] if FLAGS.style
-           else [next(iter(styles.values()))])
+  painting(s). Photos are loaded at max_size, paintings by `inputs.prepare_painting` (style_scale x max_size)."""
+  photo = lambda image: image_io.resize_longest(image, image_io.check_size(int(config.max_size), "max_size"))
+  painting = lambda image: inputs.prepare_painting(image, config)  # The one size rule of every path.
+  contents = load_inputs(FLAGS.content_dir, "content", _BUILTIN_CONTENT, photo, FLAGS.max_images)
+  styles = load_inputs(FLAGS.style_dir, "style", _BUILTIN_STYLE, painting, FLAGS.max_images)
+  content = _load(FLAGS.content, photo) if FLAGS.content else next(iter(contents.values()))
+  style = [_load(path, painting) for path in FLAGS.style] if FLAGS.style else [next(iter(styles.values()))]
   return contents, styles, content, style
 
 

@@ -76,7 +76,7 @@ def main(argv):
   photos = [load_photo(path) for path in contents]  # Every input checked before any output is written.
   for photo, output in zip(photos, outputs):
     if alpha.has_alpha(photo):
-      alpha.check_output(output)
+      image_io.check_alpha_output(output)
   common.enable_compilation_cache(FLAGS.compilation_cache)
   net = apply.FastNet.load(FLAGS.model)
   for photo, output in zip(photos, outputs):

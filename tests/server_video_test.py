@@ -109,7 +109,10 @@ def test_clip_job_progress_by_frame_and_mp4_result_equal_to_the_library(client, 
   video_io.write_video(str(tmp_path / "library.mp4"), expected, FPS)
   library = _mp4_info((tmp_path / "library.mp4").read_bytes())["frames"]
   for got, want, stylised in zip(info["frames"], library, expected):
-    assert np.abs(got - want).max() <= 2 / 255
+    # The web's clip against the library's frames, through the codec's own error: libx264 in this process does
+    # not always encode the same frames to the same file (one run in four since 2026-12-04: both encodings as
+    # close to the frames, 2.5/255 apart), so the two files are not compared with each other pixel by pixel.
+    assert np.abs(got - stylised).mean() <= np.abs(want - stylised).mean() + 1 / 255
     assert np.abs(got - stylised).mean() < 0.05  # What H.264 (4:2:0, crf 18) changes on 32 px of brushwork.
 
 

@@ -84,8 +84,7 @@ def main(argv):
                            style_names=FLAGS.style, image_names=image_names, overwrite=FLAGS.overwrite,
                            progress=FLAGS.progress, stop=stop, log=lambda line: print(line, file=sys.stderr))
     except train.TrainInterrupted as e:
-      print(str(e), file=sys.stderr)
-      sys.exit(e.exit_code)
+      common.stop_exit(str(e), e.exit_code)  # The one stop exit: its message survives a closed stderr.
   losses = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
   print(f"wrote {os.path.join(FLAGS.model_dir, 'model.nstfast')} ({result.step} steps, "
         f"{time.perf_counter() - begin:.1f} s{'; ' + losses if losses else ''})")
